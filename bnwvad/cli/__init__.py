@@ -1,0 +1,1 @@
+"""Thin click command-line front ends over the library (bnwvad-train, bnwvad-eval)."""

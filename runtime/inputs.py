@@ -1,0 +1,252 @@
+"""From command-line FEATURES arguments to videos to score, with no silent guessing.
+
+Each argument is a `.npy` file, a directory (every `*.npy` below it, recursively), or a list
+file in the datasets' format (any other file; its relative paths resolve against `root`).
+
+Grouping (crops_from_names=True, the default): a file named `<video>__<k>.npy` is crop k of
+`<video>`; the crop files of one video (same folder, same `<video>`) must be exactly
+0..C-1, each (T, D) with one T. An incomplete set - e.g. `x__3.npy` given alone - is an
+error naming the missing crops, never a silent one-crop video. With crops_from_names=False
+every file is its own video, named by its full stem.
+
+Layout of a file that is not a per-crop file:
+- (T, D): one crop.
+- 3-D, layout="auto": read as (T, C, D) - the stacked layout - only when its second axis
+  equals the model's crop count and its first does not. Anything else is ambiguous (T == C,
+  or an array that looks like (C, T, D), or neither axis matching) and is an error that asks
+  for `layout` = "TCD" or "CTD". layout="TD" requires every file to be (T, D).
+
+The headers are read first (shape, dtype, size; nothing is unpickled), so every file's
+structural problem is known before any scoring; values (NaN/inf) are checked on load.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bnwvad.features import FeatureFileError, load_features, read_list, split_crop
+
+LAYOUTS = ("auto", "TD", "TCD", "CTD")
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def peek_npy(path: str | Path, *, feature_dim: int | None = None,
+             ndim: Sequence[int] = (2, 3)) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a .npy header, with the checks load_features makes on the data's
+    structure: missing, empty, not .npy (pickle, zip, garbage), corrupt header, object dtype,
+    truncated data, dimensions, dtype, T = 0, D. Reads no data, unpickles nothing."""
+    p = Path(path)
+    if not p.is_file():
+        raise FeatureFileError(f"{p}: no such feature file")
+    size = p.stat().st_size
+    if size == 0:
+        raise FeatureFileError(f"{p}: the file is empty (0 bytes); expected a .npy array of shape (T, D)")
+    with open(p, "rb") as f:
+        head = f.read(6)
+        if head != _NPY_MAGIC:
+            raise FeatureFileError(f"{p}: {_not_npy_reason(head)}; expected a .npy array of shape (T, D)")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except (ValueError, EOFError, OSError, SyntaxError) as e:
+            raise FeatureFileError(f"{p}: corrupted .npy header ({e}); expected a .npy array "
+                                   f"of shape (T, D)") from None
+        data_start = f.tell()
+    if dtype.hasobject:
+        raise FeatureFileError(f"{p}: holds a pickled object array, which is never loaded (it could "
+                               f"run code); expected a plain float32 .npy array of shape (T, D)")
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size - data_start < need:
+        raise FeatureFileError(f"{p}: truncated: its header announces shape {shape} {dtype} "
+                               f"({need} bytes of data) but the file holds {size - data_start}; "
+                               f"expected a complete .npy file (an interrupted copy?)")
+    if len(shape) not in ndim:
+        want = " or ".join({2: "(T, D)", 3: "(T, C, D)"}[n] for n in ndim)
+        raise FeatureFileError(f"{p}: array of shape {shape} ({len(shape)} dimensions); expected {want}")
+    if not np.issubdtype(dtype, np.floating):
+        raise FeatureFileError(f"{p}: dtype {dtype}; expected floating-point features (float32)")
+    if shape[0] == 0:
+        raise FeatureFileError(f"{p}: shape {shape} has T = 0 snippets; expected at least 1")
+    if feature_dim is not None and shape[-1] != feature_dim:
+        raise FeatureFileError(f"{p}: feature dimension D = {shape[-1]} (shape {shape}); "
+                               f"expected D = {feature_dim}")
+    return tuple(int(s) for s in shape), dtype
+
+
+def _not_npy_reason(head: bytes) -> str:
+    if head[:1] == b"\x80":
+        return "a Python pickle, not a .npy array (never loaded: unpickling can run code)"
+    if head[:2] == b"PK":
+        return "a zip archive (.npz?), not a single .npy array; save one array per file with np.save"
+    return f"not a .npy file (starts with {head!r}, not the .npy magic \\x93NUMPY; corrupted or another format)"
+
+
+@dataclass
+class FileVideo:
+    """A video made of files; a VideoSource for the Scorer (features load on demand)."""
+
+    name: str
+    paths: list[Path]
+    layout: str                       # "crops" (per-crop (T, D) files) | "TD" | "TCD" | "CTD"
+    crops: int
+    length: int
+    feature_dim: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def load(self) -> np.ndarray:
+        """(C, T, D) float32, validated (load_features: finite, dtype, D, ...)."""
+        d = self.feature_dim
+        if self.layout == "crops":
+            arrs = [load_features(p, feature_dim=d, ndim=(2,)) for p in self.paths]
+            shapes = [a.shape for a in arrs]
+            if len(set(shapes)) > 1:
+                raise FeatureFileError(f"video {self.name!r}: its crop files disagree in shape "
+                                       f"{shapes} ({self.paths[0].parent})")
+            return np.stack(arrs)
+        a = load_features(self.paths[0], feature_dim=d, ndim=(2,) if self.layout == "TD" else (2, 3))
+        if a.ndim == 2:
+            return a[None]
+        out = a.transpose(1, 0, 2) if self.layout == "TCD" else a
+        return np.ascontiguousarray(out)
+
+
+@dataclass
+class Failure:
+    """An input that cannot become a video; `name` is the video (or file) it concerns."""
+
+    name: str
+    error: Exception
+    paths: list[Path] = field(default_factory=list)
+
+    @property
+    def message(self) -> str:
+        return str(self.error)
+
+
+def _layout_3d(p: Path, shape: tuple[int, ...], layout: str, crops_hint: int | None) -> str:
+    a, b = shape[0], shape[1]
+    if layout in ("TCD", "CTD"):
+        return layout
+    if layout == "TD":
+        raise FeatureFileError(f"{p}: array of shape {shape} (3 dimensions) but --layout TD says every "
+                               f"file is one crop (T, D). Fix: --layout TCD or CTD for stacked crops")
+    hint = f"the model's {crops_hint} crops" if crops_hint else "no crop count in the model's metadata"
+    if crops_hint is not None and b == crops_hint and a != crops_hint:
+        return "TCD"
+    if a == b:
+        why = f"its first two axes are equal ({a}), so (T, C, D) and (C, T, D) read differently"
+    elif crops_hint is not None and a == crops_hint:
+        why = f"it looks like (C, T, D) = {shape} ({hint}), not the stacked layout (T, C, D)"
+    else:
+        why = f"neither axis of {shape[:2]} matches {hint}"
+    raise FeatureFileError(f"{p}: 3-D array of shape {shape} is ambiguous: {why}. Fix: --layout TCD "
+                           f"(snippets, crops, D) or --layout CTD (crops, snippets, D)")
+
+
+def collect_videos(inputs: Sequence[str | Path], *, root: str | Path | None = None,
+                   layout: str = "auto", crops_from_names: bool = True,
+                   feature_dim: int | None = None, crops_hint: int | None = None
+                   ) -> tuple[list[FileVideo], list[Failure]]:
+    """Turn FEATURES arguments into videos (argument order) and failures (each names its file).
+
+    crops_hint: the model's crop count, used only to read 3-D arrays in layout "auto".
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}; expected one of {LAYOUTS}")
+    failures: list[Failure] = []
+    files: list[Path] = []
+    for arg in inputs:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*.npy") if q.is_file() and not q.name.startswith("."))
+            if not found:
+                failures.append(Failure(str(p), FeatureFileError(
+                    f"{p}: directory holds no .npy feature files; expected <video>__<k>.npy or "
+                    f"<video>.npy files"), [p]))
+            files.extend(found)
+        elif p.suffix.lower() == ".npy" or not p.exists():
+            files.append(p)            # a missing .npy is reported as a bad file below
+        else:
+            try:
+                files.extend(e.path for e in read_list(p, root))
+            except FeatureFileError as e:
+                failures.append(Failure(str(p), e, [p]))
+    seen: set[Path] = set()
+    groups: dict[tuple[Path, str], list[tuple[int | None, Path]]] = {}
+    for f in files:
+        key_path = f.resolve() if f.exists() else f.absolute()
+        if key_path in seen:
+            continue
+        seen.add(key_path)
+        video, crop = split_crop(f) if crops_from_names else (f.name[:-4] if f.name.endswith(".npy") else f.name, None)
+        groups.setdefault((f.parent, video), []).append((crop, f))
+
+    videos: list[FileVideo] = []
+    by_name: dict[str, list[int]] = {}
+    for (parent, name), members in groups.items():
+        try:
+            v = _make_video(name, members, layout, feature_dim, crops_hint)
+        except FeatureFileError as e:
+            failures.append(Failure(name, e, [m[1] for m in members]))
+            continue
+        by_name.setdefault(name, []).append(len(videos))
+        videos.append(v)
+    clash = {n for n, idx in by_name.items() if len(idx) > 1}
+    if clash:
+        keep = []
+        for v in videos:
+            if v.name in clash:
+                others = [str(p) for w in videos if w.name == v.name for p in w.paths[:1]]
+                failures.append(Failure(v.name, FeatureFileError(
+                    f"video name {v.name!r} comes from several inputs ({', '.join(others)}); outputs are "
+                    f"named <video>.npy, so names must be unique. Fix: score them in separate runs "
+                    f"(different --out) or rename the files"), v.paths))
+            else:
+                keep.append(v)
+        videos = keep
+    return videos, failures
+
+
+def _make_video(name: str, members: list[tuple[int | None, Path]], layout: str,
+                feature_dim: int | None, crops_hint: int | None) -> FileVideo:
+    crops = [c for c, _ in members]
+    if None in crops:
+        if len(members) > 1:
+            raise FeatureFileError(
+                f"video {name!r}: both a stacked file and per-crop files "
+                f"({', '.join(str(p) for _, p in members)}); expected one or the other")
+        p = members[0][1]
+        shape, _ = peek_npy(p, feature_dim=feature_dim, ndim=(2,) if layout == "TD" else (2, 3))
+        if len(shape) == 2:
+            return FileVideo(name, [p], "TD", 1, shape[0], feature_dim)
+        lay = _layout_3d(p, shape, layout, crops_hint)
+        c, t = (shape[1], shape[0]) if lay == "TCD" else (shape[0], shape[1])
+        if t == 0 or c == 0:
+            raise FeatureFileError(f"{p}: shape {shape} read as {lay} has T = {t}, C = {c}; "
+                                   f"expected at least 1 of each")
+        return FileVideo(name, [p], lay, c, t, feature_dim)
+    members = sorted(members, key=lambda m: m[0])
+    idx = [c for c, _ in members]
+    if idx != list(range(len(idx))):
+        have = set(idx)
+        missing = [k for k in range(max(idx) + 1) if k not in have]
+        first = members[0][1]
+        raise FeatureFileError(
+            f"{first.parent / (name + '__<k>.npy')}: video {name!r} has crop files {idx}, missing "
+            f"{missing}; a video's crop files must be numbered 0..C-1. Fix: give all its crop "
+            f"files, or --no-crops-from-names to score each file as a video of its own")
+    shapes = []
+    for _, p in members:
+        shapes.append(peek_npy(p, feature_dim=feature_dim, ndim=(2,))[0])
+    if len({s[0] for s in shapes}) > 1:
+        raise FeatureFileError(
+            f"video {name!r}: its crop files disagree in T: "
+            f"{', '.join(f'{p.name} {s}' for (_, p), s in zip(members, shapes))}; expected one T")
+    return FileVideo(name, [p for _, p in members], "crops", len(members), shapes[0][0], feature_dim)

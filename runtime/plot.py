@@ -1,0 +1,48 @@
+"""PNG of a video's anomaly-score curve with its events marked.
+
+matplotlib is imported here, on first use, and only its object-oriented API with the Agg
+canvas: no pyplot, no global backend switch, no display needed.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .events import Event
+from .io import atomic_write
+
+
+def plot_scores(path: str | Path, name: str, anomaly: np.ndarray, *, frames_per_snippet: int = 16,
+                fps: float | None = None, threshold: float | None = None,
+                events: Sequence[Event] = ()) -> Path:
+    """Write `path` (PNG): per-frame anomaly score against time (seconds at fps, else frames)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise RuntimeError(f"--plot needs matplotlib ({e}). Fix: pip install matplotlib") from None
+    frames = np.repeat(np.asarray(anomaly, np.float64), frames_per_snippet)     # (T * 16,)
+    scale = 1.0 / fps if fps else 1.0
+    x = np.arange(frames.size) * scale
+    fig = Figure(figsize=(10, 3), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(x, frames, lw=1.0, color="tab:blue", label="anomaly score")
+    for k, ev in enumerate(events):
+        ax.axvspan(ev.start_frame * scale, ev.end_frame * scale, color="tab:red", alpha=0.2,
+                   label="event" if k == 0 else None)
+        ax.plot([ev.peak_frame * scale], [ev.peak], marker="v", color="tab:red", ms=5)
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", ls="--", lw=0.8, label=f"threshold {threshold:.4g}")
+    ax.set_xlim(0, max(x[-1] if x.size else 1.0, scale))
+    ax.set_xlabel("time (s)" if fps else "frame")
+    ax.set_ylabel("anomaly")
+    ax.set_title(name, fontsize=9)
+    ax.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))

@@ -1,0 +1,382 @@
+"""Runners: one small interface over ONNX Runtime (CPU, CUDA, TensorRT EP) and native TensorRT.
+
+    runner = load_runner("model.onnx", backend="auto")
+    out = runner.run(features, lengths)     # (N, C, T, D) float32, (N,) int64 -> {name: (N, T)}
+    runner.backend, runner.providers        # what actually runs
+
+ONNX Runtime quietly falls back to its CPU provider when the CUDA or TensorRT libraries
+cannot be loaded; each runner compares what runs with what was asked and, per `strict`,
+raises BackendError or warns loudly. onnxruntime and tensorrt are imported on first use,
+so `import bnwvad.runtime` needs numpy only.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import BackendError, ModelLoadError
+from .metadata import INPUTS, OUTPUTS, ModelMeta, meta_from_props, meta_from_sidecar
+from .validate import ShapeLimits, validate_inputs
+
+log = logging.getLogger("bnwvad.runtime")
+
+BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+# Provider lists asked of ONNX Runtime per backend, highest priority first.
+ORT_PROVIDERS = {
+    "ort-cpu": ("CPUExecutionProvider",),
+    "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+_PROVIDER_BACKEND = {"TensorrtExecutionProvider": "ort-trt", "CUDAExecutionProvider": "ort-cuda",
+                     "CPUExecutionProvider": "ort-cpu"}
+_GPU_FIX = ("Fix: install onnxruntime-gpu instead of onnxruntime (pip install 'bnwvad[gpu]'; the two "
+            "packages must not share an environment) with the CUDA 12 and cuDNN 9 libraries on the "
+            "library path (and TensorRT 10 for the TensorRT provider), or choose --backend ort-cpu")
+
+
+class Runner:
+    """The interface every backend implements.
+
+    Attributes: path, meta (ModelMeta), requested (the backend asked for), backend (the one
+    that actually runs), providers (ONNX Runtime providers in use, or ["TensorRT"]),
+    device ("cpu" | "cuda"), limits (ShapeLimits), fallback (a message, or None).
+    """
+
+    path: Path
+    meta: ModelMeta
+    requested: str
+    backend: str
+    providers: list[str]
+    device: str = "cpu"
+    limits: ShapeLimits = ShapeLimits()
+    fallback: str | None = None
+
+    def run(self, features: np.ndarray, lengths, *, check_crops: bool = True,
+            check_finite: bool = True) -> dict[str, np.ndarray]:
+        """features (N, C, T, D) float32 zero-padded, lengths (N,) -> score/dfm/anomaly (N, T) float32.
+
+        Inputs are validated against the metadata first (InputError); check_crops and
+        check_finite skip the crop-count and NaN/inf checks for callers that did them per
+        video. Values past a video's length are not defined.
+        """
+        features, lengths = validate_inputs(features, lengths, self.meta, limits=self.limits,
+                                            check_crops=check_crops, check_finite=check_finite)
+        out = self._run(features, lengths)
+        n, _, t, _ = features.shape
+        for name in OUTPUTS:
+            if name not in out or out[name].shape != (n, t):
+                got = None if name not in out else out[name].shape
+                raise BackendError(f"{self.path}: output {name!r} has shape {got}; expected ({n}, {t}). "
+                                   f"The file does not follow the bnwvad export contract: re-export it")
+        return {k: np.asarray(out[k], dtype=np.float32) for k in OUTPUTS}
+
+    def _run(self, features: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        s = f"{self.backend} [{', '.join(self.providers)}]"
+        if self.backend != self.requested:
+            s += f" (asked for {self.requested})"
+        return s
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _report_fallback(message: str, strict: bool) -> str:
+    if strict:
+        raise BackendError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    log.warning(message)
+    return message
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendError(f"onnxruntime is not installed ({e}); the ONNX backends need it. Fix: "
+                           f"pip install 'bnwvad[cpu]' (or 'bnwvad[gpu]' on an NVIDIA machine)") from None
+    return ort
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise BackendError(f"the native TensorRT backend needs the `tensorrt` Python package (10 or "
+                           f"newer), which is not importable here ({e}). Fix: pip install "
+                           f"'bnwvad[tensorrt]' on a machine with an NVIDIA GPU, or run the .onnx file "
+                           f"with --backend ort-cuda / ort-cpu") from None
+    major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
+    if major < 10:
+        raise BackendError(f"tensorrt {trt.__version__} is installed; the runtime needs 10 or newer "
+                           f"(name-based tensor API, execute_async_v3). Fix: pip install 'tensorrt>=10'")
+    return trt
+
+
+def resolve_backend(path: Path, backend: str, available: list[str] | None = None) -> str:
+    """'auto' -> a concrete backend: an engine file -> tensorrt; an .onnx -> ort-cuda where
+    ONNX Runtime offers CUDA, else ort-cpu. (The TensorRT provider builds engines on first
+    use, minutes, so auto never picks it.)"""
+    if backend not in BACKENDS:
+        raise BackendError(f"backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    is_engine = path.suffix.lower() in ENGINE_SUFFIXES
+    if backend == "auto":
+        if is_engine:
+            return "tensorrt"
+        if available is None:
+            available = list(_import_ort().get_available_providers())
+        return "ort-cuda" if "CUDAExecutionProvider" in available else "ort-cpu"
+    if is_engine and backend != "tensorrt":
+        raise BackendError(f"{path}: a TensorRT engine runs only on backend 'tensorrt' (got "
+                           f"{backend!r}). Fix: --backend tensorrt, or pass the .onnx file instead")
+    if not is_engine and backend == "tensorrt":
+        raise BackendError(f"{path}: backend 'tensorrt' needs a serialized engine ({', '.join(ENGINE_SUFFIXES)}) "
+                           f"with its JSON sidecar. Fix: build one with bnwvad-export, or use "
+                           f"--backend ort-trt to let ONNX Runtime's TensorRT provider run the .onnx")
+    return backend
+
+
+class OrtRunner(Runner):
+    """An .onnx model through an ONNX Runtime InferenceSession.
+
+    threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
+    arena: ONNX Runtime's CPU memory arena. It keeps the largest batch's buffers for reuse
+    (faster, but the process holds its peak); off returns memory after each call.
+    trt_options: extra TensorRT-provider options (strings), e.g. {"trt_engine_cache_path": dir}.
+    trt_max_shape: (N, C, T) the TensorRT provider's profile must cover.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto", *, strict: bool = False,
+                 threads: int | None = None, device_id: int = 0, arena: bool = True,
+                 trt_options: Mapping[str, Any] | None = None,
+                 trt_max_shape: tuple[int, int, int] = (32, 10, 4096)):
+        self.path = Path(path)
+        ort = _import_ort()
+        if not self.path.is_file():
+            raise ModelLoadError(f"{self.path}: no such model file; expected an .onnx file written "
+                                 f"by bnwvad-export")
+        available = list(ort.get_available_providers())
+        auto = backend == "auto"
+        self.requested = resolve_backend(self.path, backend, available)
+        if self.requested == "tensorrt":
+            raise BackendError(f"{self.path}: OrtRunner runs .onnx files; use TensorRTRunner for engines")
+        wanted = ORT_PROVIDERS[self.requested]
+        if wanted[0] not in available:
+            # Known before the session exists: this onnxruntime build lacks the provider.
+            self.fallback = _report_fallback(
+                f"backend {self.requested!r} needs {wanted[0]}, but the installed onnxruntime "
+                f"{ort.__version__} offers only {available}: it would run on CPU. {_GPU_FIX}",
+                strict and not auto)
+        so = ort.SessionOptions()
+        if threads is not None:
+            if threads < 0:
+                raise BackendError(f"threads = {threads}; expected 0 (ONNX Runtime's default) or more")
+            so.intra_op_num_threads = int(threads)
+        so.enable_cpu_mem_arena = bool(arena)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3   # errors only: a fallback is reported by us, with the fix
+        providers = []
+        for name in wanted:
+            if name == "CPUExecutionProvider":
+                providers.append(name)
+            elif name == "CUDAExecutionProvider":
+                providers.append((name, {"device_id": str(device_id)}))
+            else:
+                providers.append((name, self._trt_provider_options(device_id, trt_options, trt_max_shape)))
+        try:
+            self.session = self._make_session(ort, so, providers)
+        except Exception as e:   # onnxruntime raises its own Fail / InvalidProtobuf / ... types
+            raise ModelLoadError(f"{self.path}: ONNX Runtime could not load the model "
+                                 f"({type(e).__name__}: {e}); expected an ONNX file written by "
+                                 f"bnwvad-export. Fix: re-export it") from None
+        self.providers = list(self.session.get_providers())
+        self.backend = _PROVIDER_BACKEND.get(self.providers[0], self.providers[0]) if self.providers else "none"
+        self.device = "cpu" if self.backend == "ort-cpu" else "cuda"
+        if self.backend != self.requested and self.fallback is None:
+            # The provider exists in this build but could not start (CUDA / cuDNN / TensorRT
+            # libraries missing or mismatched): ONNX Runtime dropped it without an error.
+            self.fallback = _report_fallback(
+                f"asked ONNX Runtime for {list(wanted)} ({self.requested}) but the session runs on "
+                f"{self.providers} ({self.backend}): the {wanted[0]} could not be initialised "
+                f"(its CUDA, cuDNN or TensorRT libraries are missing or of the wrong version). {_GPU_FIX}",
+                strict and not auto)
+        self._check_io()
+        if self.requested == "ort-trt" and self.backend == "ort-trt":
+            n, c, t = trt_max_shape
+            self.limits = ShapeLimits(max_n=n, max_c=c, max_t=t)
+
+    def _make_session(self, ort, so, providers):
+        return ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
+
+    def _trt_provider_options(self, device_id, extra, max_shape) -> dict:
+        d = self._peek_feature_dim()
+        n, c, t = max_shape
+        opts = {
+            "device_id": str(device_id),
+            # Engines take minutes to build: cache them beside the model by default.
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(self.path.parent / ".trt_cache"),
+            "trt_timing_cache_enable": "True",
+        }
+        if d is not None:
+            # One explicit profile covering every shape the scorer sends (dynamic N, C, T).
+            opts["trt_profile_min_shapes"] = f"features:1x1x1x{d},lengths:1"
+            opts["trt_profile_opt_shapes"] = f"features:{min(8, n)}x{min(5, c)}x{min(256, t)}x{d},lengths:{min(8, n)}"
+            opts["trt_profile_max_shapes"] = f"features:{n}x{c}x{t}x{d},lengths:{n}"
+        opts.update({k: str(v) for k, v in (extra or {}).items()})
+        return opts
+
+    def _peek_feature_dim(self) -> int | None:
+        """D from the graph's input shape, without loading a session (onnx is not a runtime
+        dependency: read it with a CPU session, which is cheap for this small graph)."""
+        try:
+            ort = _import_ort()
+            s = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            shape = s.get_inputs()[0].shape
+            return shape[-1] if isinstance(shape[-1], int) else None
+        except Exception:
+            return None
+
+    def _check_io(self) -> None:
+        ins = {i.name: i for i in self.session.get_inputs()}
+        outs = [o.name for o in self.session.get_outputs()]
+        if set(ins) != set(INPUTS) or not set(OUTPUTS) <= set(outs):
+            raise ModelLoadError(f"{self.path}: graph inputs {sorted(ins)} and outputs {outs}; "
+                                 f"expected inputs {list(INPUTS)} and outputs {list(OUTPUTS)} (the "
+                                 f"bnwvad export contract). Fix: export it with bnwvad-export")
+        shape = ins["features"].shape
+        hint = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else None
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.meta = meta_from_props(props, str(self.path), feature_dim_hint=hint)
+        # fp16 graphs may take float16 features; the contract's float32 is cast at the boundary.
+        self._feature_type = np.float16 if ins["features"].type == "tensor(float16)" else np.float32
+        self._lengths_type = np.int32 if ins["lengths"].type == "tensor(int32)" else np.int64
+
+    def _run(self, features, lengths):
+        feed = {"features": features.astype(self._feature_type, copy=False),
+                "lengths": lengths.astype(self._lengths_type, copy=False)}
+        values = self.session.run(list(OUTPUTS), feed)
+        return dict(zip(OUTPUTS, values))
+
+    def close(self) -> None:
+        self.session = None
+
+
+class TensorRTRunner(Runner):
+    """A serialized TensorRT engine (+ JSON sidecar with the ONNX metadata), run natively.
+
+    Device buffers are allocated through libcudart (ctypes) and grown as batches need;
+    shapes are bounded by the engine's optimisation profile 0 (exposed as `limits`).
+    """
+
+    def __init__(self, path: str | Path, *, sidecar: str | Path | None = None, device_id: int = 0,
+                 strict: bool = False):
+        from . import _cuda
+
+        self.path = Path(path)
+        self.requested = "tensorrt"
+        if not self.path.is_file():
+            raise ModelLoadError(f"{self.path}: no such engine file; expected a TensorRT engine "
+                                 f"built by bnwvad-export")
+        self.meta = meta_from_sidecar(self.path, sidecar)
+        trt = _import_tensorrt()
+        self._trt, self._cuda = trt, _cuda
+        if _cuda.device_count() < 1:
+            raise BackendError("the native TensorRT backend needs an NVIDIA GPU; CUDA sees none. "
+                               "Fix: run on a GPU machine, or use --backend ort-cpu with the .onnx file")
+        _cuda.set_device(device_id)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ModelLoadError(f"{self.path}: TensorRT {trt.__version__} could not deserialize the "
+                                 f"engine (built by another TensorRT version, for another GPU, or not "
+                                 f"an engine). Fix: rebuild it on this machine with bnwvad-export")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names if n not in self._inputs]
+        if set(self._inputs) != set(INPUTS) or not set(OUTPUTS) <= set(self._outputs):
+            raise ModelLoadError(f"{self.path}: engine inputs {self._inputs} and outputs {self._outputs}; "
+                                 f"expected {list(INPUTS)} and {list(OUTPUTS)}. Fix: rebuild it with bnwvad-export")
+        self._dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        lo, _, hi = self.engine.get_tensor_profile_shape("features", 0)
+        d = int(hi[3])
+        if self.meta.feature_dim is not None and d != self.meta.feature_dim:
+            raise ModelLoadError(f"{self.path}: engine takes D = {d} but its sidecar says "
+                                 f"{self.meta.feature_dim}: the sidecar belongs to another model")
+        self.limits = ShapeLimits(max_n=int(hi[0]), max_c=int(hi[1]), max_t=int(hi[2]),
+                                  min_n=int(lo[0]), min_c=int(lo[1]), min_t=int(lo[2]))
+        self.backend = "tensorrt"
+        self.providers = [f"TensorRT {trt.__version__}"]
+        self.device = "cuda"
+        self._buffers = {n: _cuda.DeviceBuffer() for n in names}
+        self._stream = _cuda.Stream()
+
+    def _run(self, features, lengths):
+        ctx, cuda = self.context, self._cuda
+        host = {"features": np.ascontiguousarray(features, dtype=self._dtypes["features"]),
+                "lengths": np.ascontiguousarray(lengths, dtype=self._dtypes["lengths"])}
+        for name, arr in host.items():
+            if not ctx.set_input_shape(name, arr.shape):
+                raise BackendError(f"{self.path}: TensorRT rejected input {name!r} of shape {arr.shape} "
+                                   f"(profile range N, C, T: {self.limits})")
+            ptr = self._buffers[name].ensure(arr.nbytes)
+            self._stream.htod(ptr, arr)
+            ctx.set_tensor_address(name, ptr)
+        results = {}
+        for name in self._outputs:
+            shape = tuple(ctx.get_tensor_shape(name))
+            results[name] = np.empty(shape, dtype=self._dtypes[name])
+            ctx.set_tensor_address(name, self._buffers[name].ensure(results[name].nbytes))
+        if not ctx.execute_async_v3(self._stream.handle):
+            raise BackendError(f"{self.path}: TensorRT execute_async_v3 failed for features "
+                               f"{features.shape} (see the TensorRT log above)")
+        for name in self._outputs:
+            self._stream.dtoh(results[name], self._buffers[name].ptr)
+        self._stream.synchronize()
+        # host arrays stay referenced until here, so the async copies read live memory.
+        del host
+        return {k: results[k].astype(np.float32, copy=False) for k in OUTPUTS}
+
+    def close(self) -> None:
+        for b in getattr(self, "_buffers", {}).values():
+            b.close()
+        if getattr(self, "_stream", None) is not None:
+            self._stream.close()
+            self._stream = None
+        self.context = None
+        self.engine = None
+
+
+def load_runner(model: str | Path, backend: str = "auto", *, strict: bool = False,
+                threads: int | None = None, device_id: int = 0, arena: bool = True,
+                sidecar: str | Path | None = None, **ort_kwargs) -> Runner:
+    """Open an exported model on a backend; see the module docstring.
+
+    backend: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. `auto` picks tensorrt for an
+    engine file, else ort-cuda where ONNX Runtime offers CUDA, else ort-cpu, and accepts a
+    fallback (warning). strict: raise BackendError when what runs is not what was asked.
+    """
+    path = Path(model)
+    if backend not in BACKENDS:
+        raise BackendError(f"backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        resolve_backend(path, backend, available=[])
+        return TensorRTRunner(path, sidecar=sidecar, device_id=device_id, strict=strict)
+    resolve_backend(path, backend, available=[])   # reject tensorrt + .onnx early
+    return OrtRunner(path, backend, strict=strict, threads=threads, device_id=device_id,
+                     arena=arena, **ort_kwargs)

@@ -1,0 +1,433 @@
+"""Batched multi-crop scoring of many videos of different lengths, within a memory budget.
+
+Videos are sorted by length (longest first) and packed into calls of the runner: each call
+is N videos x C crops padded with zeros to the longest one's T, with `lengths` telling the
+graph where each video ends, so every video gets exactly its own result (the graph masks
+attention keys and the temporal kernel past a video's length).
+
+Memory. One call's working set is dominated by the attention scores, per row (one crop of
+one video) `heads` T x T float32 matrices plus the T x T temporal kernel, alive a few at a
+time, and by the (T, width) activations; `estimate_bytes` models it. A call is kept under the
+budget by packing fewer videos; a video whose C crops do not fit together is scored in crop
+chunks whose outputs are averaged with weights chunk/C (the model's outputs are crop means,
+a linear map of per-crop outputs); a video whose single crop does not fit fails with
+MemoryBudgetError giving the bytes it needs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from .errors import InputError, MemoryBudgetError, human_bytes
+from .metadata import OUTPUTS, ModelMeta
+from .runners import Runner
+from .validate import ShapeLimits
+
+# Attention-sized float32 (T, T) matrices alive at once per row and head: scores, softmax
+# output, and one more for the fused kernels' temporaries (measured on ONNX Runtime CPU
+# against ru_maxrss, see bench/runtime_throughput.py).
+ATTN_COPIES = 3
+# Per-row (T, .) activations in units of embed_dim, besides the input's D: q, k, v, t (4E),
+# the concatenated heads (2E), residual, LayerNorm and feed-forward buffers (~6E).
+ACT_WIDTH_E = 12
+DEFAULT_BUDGET_FRACTION = 0.5
+FALLBACK_BUDGET = 4 << 30
+
+
+def estimate_bytes(rows: int, length: int, meta: ModelMeta) -> int:
+    """Working memory of one call with `rows` = N * C crop rows padded to T = `length`.
+
+    rows * (ATTN_COPIES * heads + 2) * T^2 * 4   attention scores + temporal kernel / G
+    + rows * T * (ACT_WIDTH_E * E + 3 * D) * 4   activations, plus the input and its padded copy
+    """
+    t = int(length)
+    attn = (ATTN_COPIES * meta.heads + 2) * t * t
+    act = t * (ACT_WIDTH_E * meta.embed_dim + 3 * (meta.feature_dim or 1024))
+    return int(rows) * (attn + act) * 4
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo (bytes), else free physical pages, else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_memory_budget(device: str = "cpu", fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
+    """A fraction of the memory available now: host RAM for CPU backends, free device memory
+    (cudaMemGetInfo) for CUDA ones; 4 GiB when neither can be read."""
+    free = None
+    if device == "cuda":
+        try:
+            from . import _cuda
+
+            free = _cuda.mem_get_info()[0]
+        except Exception:   # no libcudart here: fall back to host RAM
+            free = None
+    if free is None:
+        free = available_memory()
+    return int(free * fraction) if free else FALLBACK_BUDGET
+
+
+class VideoSource(Protocol):
+    """A video to score: its name, crop count and length known before its features load."""
+
+    name: str
+    crops: int
+    length: int
+
+    def load(self) -> np.ndarray:
+        """(C, T, D) float32."""
+
+
+@dataclass
+class ArraySource:
+    """An in-memory video: (C, T, D), or (T, D) for one crop."""
+
+    name: str
+    features: np.ndarray
+
+    def __post_init__(self) -> None:
+        a = self.features
+        if not isinstance(a, np.ndarray) or a.ndim not in (2, 3):
+            shape = getattr(a, "shape", None)
+            raise InputError(f"video {self.name!r}: features of shape {shape}; expected a numpy array "
+                             f"(C, T, D), or (T, D) for one crop")
+        if a.ndim == 2:
+            self.features = a[None]
+
+    @property
+    def crops(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.features.shape[1])
+
+    def load(self) -> np.ndarray:
+        return self.features
+
+
+@dataclass
+class VideoResult:
+    """One video's outputs per snippet, each (T,) float32 (crop means, as the model defines)."""
+
+    name: str
+    score: np.ndarray
+    dfm: np.ndarray
+    anomaly: np.ndarray
+    crops: int
+    frames_per_snippet: int = 16
+    calls: int = 1            # runner calls the video took part in (> 1: crop chunks)
+
+    @property
+    def length(self) -> int:
+        return int(self.anomaly.shape[0])
+
+    def per_frame(self, output: str = "anomaly") -> np.ndarray:
+        """(T * frames_per_snippet,): each snippet's value repeated over its frames, as the
+        benchmarks' evaluation turns snippet scores into frame scores."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output {output!r}; expected one of {OUTPUTS}")
+        return np.repeat(getattr(self, output), self.frames_per_snippet)
+
+    @property
+    def frame_score(self) -> np.ndarray:
+        return self.per_frame("score")
+
+    @property
+    def frame_dfm(self) -> np.ndarray:
+        return self.per_frame("dfm")
+
+    @property
+    def frame_anomaly(self) -> np.ndarray:
+        return self.per_frame("anomaly")
+
+
+@dataclass
+class VideoFailure:
+    """A video that could not be scored, and why (the error names the file)."""
+
+    name: str
+    error: Exception
+
+    @property
+    def message(self) -> str:
+        return str(self.error)
+
+
+@dataclass
+class Call:
+    """One runner call: videos (indices into the plan's input) and the crop range taken from
+    each (all of them, except for a video split into crop chunks, which has a call to itself)."""
+
+    videos: list[int]
+    crops: tuple[int, int]          # [start, stop) crop range, the same for every video here
+    length: int                     # padded T
+    bytes: int                      # estimate_bytes of the call
+
+
+@dataclass
+class Plan:
+    calls: list[Call]
+    failures: dict[int, Exception] = field(default_factory=dict)
+
+
+def plan_calls(lengths: Sequence[int], crops: Sequence[int], meta: ModelMeta, *, budget: int,
+               max_batch: int = 32, min_fill: float = 0.75,
+               limits: ShapeLimits | None = None) -> Plan:
+    """Pack videos (lengths[i], crops[i]) into calls, longest first.
+
+    A call holds videos with the same C whose lengths are >= min_fill x its longest (so no
+    video is padded past 1 / min_fill of its own length), at most max_batch videos, and an
+    estimated working set within `budget`; limits (a TensorRT profile) cap N, C and T.
+    """
+    lim = limits or ShapeLimits()
+    cap_n = max(1, min(max_batch, lim.max_n or max_batch))
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    plan = Plan([])
+    by_crops: dict[int, list[int]] = {}
+    for i in order:
+        by_crops.setdefault(int(crops[i]), []).append(i)
+    for c, idx in by_crops.items():
+        k = 0
+        while k < len(idx):
+            first = idx[k]
+            t = int(lengths[first])
+            if lim.max_t is not None and t > lim.max_t:
+                plan.failures[first] = InputError(
+                    f"video has T = {t} snippets; this backend's engine accepts at most {lim.max_t}. "
+                    f"Fix: rebuild the engine with a larger T in its profile, or use ONNX Runtime")
+                k += 1
+                continue
+            per_call_c = c if lim.max_c is None else min(c, lim.max_c)
+            need = estimate_bytes(per_call_c, t, meta)
+            if need > budget or per_call_c < c:
+                # Not even this video's C crops fit together: crop chunks, alone in their calls.
+                chunk = per_call_c
+                while chunk > 0 and estimate_bytes(chunk, t, meta) > budget:
+                    chunk -= 1
+                if chunk == 0:
+                    one = estimate_bytes(1, t, meta)
+                    plan.failures[first] = MemoryBudgetError(
+                        f"video with T = {t} snippets needs {human_bytes(one)} ({one} bytes) to score "
+                        f"even one crop, over the memory budget of {human_bytes(budget)} ({budget} "
+                        f"bytes). Fix: raise the budget (--memory-budget / memory_budget=) to at least "
+                        f"{human_bytes(one)}, or split the video into shorter parts",
+                        needed=one, budget=budget)
+                else:
+                    for s in range(0, c, chunk):
+                        e = min(c, s + chunk)
+                        plan.calls.append(Call([first], (s, e), t, estimate_bytes(e - s, t, meta)))
+                k += 1
+                continue
+            members = [first]
+            k += 1
+            while k < len(idx) and len(members) < cap_n:
+                nxt = idx[k]
+                if int(lengths[nxt]) < min_fill * t:
+                    break
+                if estimate_bytes((len(members) + 1) * c, t, meta) > budget:
+                    break
+                members.append(nxt)
+                k += 1
+            plan.calls.append(Call(members, (0, c), t, estimate_bytes(len(members) * c, t, meta)))
+    return plan
+
+
+class Scorer:
+    """Scores many videos with one runner: batching, padding, memory budget, crop policy.
+
+        scorer = Scorer(load_runner("model.onnx"))
+        results = scorer.score({"a": feats_a, "b": feats_b})   # (C, T, D) each -> [VideoResult]
+
+    memory_budget: bytes a call may use (default: half the available RAM, or of free GPU
+    memory on CUDA backends). max_batch: videos per call. min_fill: shortest video in a call
+    relative to its longest (limits padding work). crops: "model" requires the metadata's crop
+    count, an int requires that count, None accepts any (each video's crops are averaged).
+    """
+
+    def __init__(self, runner: Runner, *, memory_budget: int | None = None, max_batch: int = 32,
+                 min_fill: float = 0.75, crops: int | str | None = "model"):
+        if max_batch < 1:
+            raise ValueError(f"max_batch = {max_batch}; expected >= 1")
+        if not 0.0 <= min_fill <= 1.0:
+            raise ValueError(f"min_fill = {min_fill}; expected a fraction in [0, 1]")
+        self.runner = runner
+        self.meta = runner.meta
+        self.memory_budget = int(memory_budget) if memory_budget else default_memory_budget(runner.device)
+        self.max_batch = int(max_batch)
+        self.min_fill = float(min_fill)
+        self.crops = self.meta.crops if crops == "model" else crops
+        self.stats = {"calls": 0, "videos": 0, "padded_rows": 0, "real_rows": 0}
+
+    # -- public -----------------------------------------------------------------
+    def score(self, videos) -> list[VideoResult]:
+        """Score in-memory videos; raises the first video's error. videos: a mapping name ->
+        array, or a sequence of arrays (named by position) or VideoSources. Results keep the
+        input order."""
+        sources = self._as_sources(videos)
+        out: dict[str, VideoResult] = {}
+        for r in self.iter_results(sources):
+            if isinstance(r, VideoFailure):
+                raise r.error
+            out[r.name] = r
+        return [out[s.name] for s in sources]
+
+    def iter_results(self, sources: Sequence[VideoSource],
+                     progress: Callable[[int], None] | None = None
+                     ) -> Iterator[VideoResult | VideoFailure]:
+        """Yield a VideoResult or VideoFailure per source, in processing order (longest first).
+
+        A video whose features fail to load or validate is yielded as a failure and the rest
+        of its call still runs. progress(k) is called as k more videos finish.
+        """
+        names = [s.name for s in sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise InputError(f"video names {dup[:5]} occur more than once; expected unique names "
+                             f"(results are keyed by name)")
+        done = [False] * len(sources)
+        candidates = []
+        for i, s in enumerate(sources):
+            err = self._check_source(s)
+            if err is not None:
+                done[i] = True
+                yield VideoFailure(s.name, err)
+                if progress:
+                    progress(1)
+            else:
+                candidates.append(i)
+        lengths = [sources[i].length for i in candidates]
+        crops = [sources[i].crops for i in candidates]
+        plan = plan_calls(lengths, crops, self.meta, budget=self.memory_budget,
+                          max_batch=self.max_batch, min_fill=self.min_fill, limits=self.runner.limits)
+        for j, err in plan.failures.items():
+            i = candidates[j]
+            done[i] = True
+            yield VideoFailure(sources[i].name, err)
+            if progress:
+                progress(1)
+        cache: dict[int, np.ndarray] = {}       # a chunked video's features across its calls
+        partial: dict[int, dict[str, np.ndarray]] = {}
+        for call in plan.calls:
+            members = [candidates[j] for j in call.videos]
+            feats: dict[int, np.ndarray] = {}
+            for i in members:
+                if done[i]:
+                    continue
+                try:
+                    feats[i] = cache[i] if i in cache else self._load(sources[i])
+                except Exception as e:   # noqa: BLE001 - a bad file fails its video only
+                    done[i] = True
+                    partial.pop(i, None)
+                    cache.pop(i, None)
+                    yield VideoFailure(sources[i].name, e)
+                    if progress:
+                        progress(1)
+            if not feats:
+                continue
+            s, e = call.crops
+            chunked = (e - s) < sources[members[0]].crops
+            if chunked:
+                cache.update(feats)
+            out = self._run_call([feats[i][s:e] for i in feats])
+            for row, i in enumerate(feats):
+                c_all = sources[i].crops
+                vals = {k: out[k][row, : sources[i].length] for k in OUTPUTS}
+                if chunked:
+                    # Crop-mean of the whole video = sum over chunks of (chunk mean * chunk / C).
+                    acc = partial.setdefault(i, {k: np.zeros(sources[i].length, np.float64) for k in OUTPUTS})
+                    for k in OUTPUTS:
+                        acc[k] += vals[k].astype(np.float64) * ((e - s) / c_all)
+                    acc.setdefault("_calls", 0)
+                    acc["_calls"] += 1
+                    if e < c_all:
+                        continue
+                    vals = {k: acc[k].astype(np.float32) for k in OUTPUTS}
+                    calls = acc["_calls"]
+                    del partial[i]
+                    cache.pop(i, None)
+                else:
+                    calls = 1
+                done[i] = True
+                yield VideoResult(sources[i].name, *(np.array(vals[k], np.float32) for k in OUTPUTS),
+                                  crops=c_all, frames_per_snippet=self.meta.frames_per_snippet,
+                                  calls=calls)
+                if progress:
+                    progress(1)
+
+    # -- internals ----------------------------------------------------------------
+    def _as_sources(self, videos) -> list:
+        if isinstance(videos, dict):
+            return [ArraySource(str(k), np.asarray(v) if not isinstance(v, np.ndarray) else v)
+                    for k, v in videos.items()]
+        out = []
+        for k, v in enumerate(videos):
+            out.append(ArraySource(str(k), v) if isinstance(v, np.ndarray) else v)
+        return out
+
+    def _check_source(self, s) -> Exception | None:
+        if s.length < 1 or s.crops < 1:
+            return InputError(f"video {s.name!r}: {s.crops} crops x {s.length} snippets; expected at "
+                              f"least one crop of at least one snippet")
+        if self.crops is not None and s.crops != self.crops:
+            return InputError(
+                f"video {s.name!r}: {s.crops} crop(s); the model expects {self.crops} "
+                f"({self.meta.describe()}). Fix: give all {self.crops} crops of the video, or accept "
+                f"any crop count (crops=None, --any-crops) to average the crops given")
+        return None
+
+    def _load(self, s) -> np.ndarray:
+        a = s.load()
+        if not isinstance(a, np.ndarray) or a.ndim != 3 or a.shape[:2] != (s.crops, s.length):
+            raise InputError(f"video {s.name!r}: loaded features of shape {getattr(a, 'shape', None)}; "
+                             f"expected (C, T, D) = ({s.crops}, {s.length}, D) as announced")
+        d = self.meta.feature_dim
+        if d is not None and a.shape[2] != d:
+            raise InputError(f"video {s.name!r}: D = {a.shape[2]} (shape {a.shape}); the model expects "
+                             f"D = {d} ({self.meta.describe()})")
+        if a.dtype != np.float32:
+            if not np.issubdtype(a.dtype, np.floating):
+                raise InputError(f"video {s.name!r}: dtype {a.dtype}; expected float32 features")
+            a = a.astype(np.float32)
+        if not np.isfinite(a).all():
+            c, t, dd = (int(x) for x in np.argwhere(~np.isfinite(a))[0])
+            raise InputError(f"video {s.name!r}: {a[c, t, dd]} at crop {c}, snippet {t}, dim {dd}; "
+                             f"expected finite features")
+        return a
+
+    def _run_call(self, videos: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """videos: each (C', T_i, D), same C' -> outputs (N, T_max) per name."""
+        n, c = len(videos), videos[0].shape[0]
+        t = max(v.shape[1] for v in videos)
+        d = videos[0].shape[2]
+        batch = np.zeros((n, c, t, d), np.float32)          # zero padding, as the contract says
+        lengths = np.empty(n, np.int64)
+        for row, v in enumerate(videos):
+            batch[row, :, : v.shape[1]] = v
+            lengths[row] = v.shape[1]
+        # Each video was checked on load (D, dtype, finite) and its crop count against the
+        # model's before planning (a chunk has fewer crops): only structural checks remain.
+        out = self.runner.run(batch, lengths, check_crops=False, check_finite=False)
+        self.stats["calls"] += 1
+        self.stats["videos"] += n
+        self.stats["padded_rows"] += n * c * t
+        self.stats["real_rows"] += c * int(lengths.sum())
+        return out
+
+
+def score_videos(runner: Runner, videos, **scorer_kwargs) -> list[VideoResult]:
+    """One-shot helper: Scorer(runner, **scorer_kwargs).score(videos)."""
+    return Scorer(runner, **scorer_kwargs).score(videos)

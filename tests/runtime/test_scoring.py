@@ -1,0 +1,169 @@
+"""Batched multi-crop scoring: padding, packing, memory budget, crop chunks, failures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from _toy_onnx import TOY_CROPS, TOY_D, toy_reference
+from bnwvad.runtime import (ArraySource, InputError, MemoryBudgetError, Scorer, VideoFailure,
+                            estimate_bytes, load_runner, plan_calls)
+from bnwvad.runtime.scoring import default_memory_budget
+from bnwvad.tolerances import check
+
+LENGTHS = [5, 1, 17, 16, 3, 40, 2, 12, 12, 30]
+
+
+def videos(lengths=LENGTHS, crops=TOY_CROPS, d=TOY_D, seed=1):
+    rng = np.random.default_rng(seed)
+    return {f"v{i}": (rng.normal(size=(crops, t, d)) * 2).astype(np.float32) for i, t in enumerate(lengths)}
+
+
+@pytest.fixture(scope="module")
+def runner(toy_onnx):
+    return load_runner(toy_onnx, "ort-cpu", threads=1)
+
+
+def test_batched_equals_each_video_alone_and_the_reference(runner):
+    vids = videos()
+    scorer = Scorer(runner, max_batch=8, min_fill=0.0)
+    batched = scorer.score(vids)
+    assert scorer.stats["calls"] < len(vids)                      # really batched
+    assert [r.name for r in batched] == list(vids)                # input order kept
+    for r in batched:
+        alone = Scorer(runner, max_batch=1).score({r.name: vids[r.name]})[0]
+        ref = toy_reference(vids[r.name])
+        for k in ("score", "dfm", "anomaly"):
+            assert getattr(r, k).shape == (vids[r.name].shape[1],)
+            assert check("padding", getattr(r, k), getattr(alone, k))[1]
+            np.testing.assert_allclose(getattr(r, k), ref[k], rtol=1e-5, atol=1e-6)
+
+
+def test_per_frame_outputs_repeat_each_snippet_16_times(runner):
+    r = Scorer(runner).score({"a": videos([7])["v0"]})[0]
+    assert r.frames_per_snippet == 16
+    assert r.frame_anomaly.shape == (7 * 16,) and r.per_frame("dfm").shape == (112,)
+    np.testing.assert_array_equal(r.frame_score.reshape(7, 16), np.repeat(r.score[:, None], 16, 1))
+
+
+def test_plan_sorts_by_length_and_bounds_padding_and_batch(runner):
+    plan = plan_calls(LENGTHS, [3] * len(LENGTHS), runner.meta, budget=1 << 40, max_batch=3, min_fill=0.75)
+    assert not plan.failures
+    seen = sorted(i for c in plan.calls for i in c.videos)
+    assert seen == list(range(len(LENGTHS)))
+    for call in plan.calls:
+        ls = [LENGTHS[i] for i in call.videos]
+        assert call.length == max(ls) and len(ls) <= 3 and min(ls) >= 0.75 * max(ls)
+        assert call.crops == (0, 3)
+    firsts = [LENGTHS[c.videos[0]] for c in plan.calls]
+    assert firsts == sorted(firsts, reverse=True)
+
+
+def test_memory_budget_splits_batches_then_crops_with_identical_results(runner):
+    vids = videos()
+    free = Scorer(runner, max_batch=16, min_fill=0.0).score(vids)
+    # Room for exactly one crop row of the longest video: every call holds one video, and
+    # videos with T near 40 are split into crop chunks.
+    budget = estimate_bytes(1, 40, runner.meta)
+    scorer = Scorer(runner, max_batch=16, min_fill=0.0, memory_budget=budget)
+    tight = scorer.score(vids)
+    assert max(r.calls for r in tight) == TOY_CROPS               # the T = 40 video: 3 chunks of one crop
+    assert scorer.stats["calls"] > len(vids)
+    for a, b in zip(free, tight):
+        for k in ("score", "dfm", "anomaly"):
+            np.testing.assert_allclose(getattr(b, k), getattr(a, k), rtol=1e-6, atol=1e-7)
+    # A budget fitting two rows of T = 40 splits that video's 3 crops as 2 + 1.
+    two = Scorer(runner, memory_budget=estimate_bytes(2, 40, runner.meta)).score({"v5": vids["v5"]})[0]
+    assert two.calls == 2
+    np.testing.assert_allclose(two.anomaly, free[5].anomaly, rtol=1e-6, atol=1e-7)
+
+
+def test_a_crop_too_large_for_the_budget_fails_with_the_memory_it_needs(runner):
+    vids = videos([40, 3])
+    need = estimate_bytes(1, 40, runner.meta)
+    scorer = Scorer(runner, memory_budget=need - 1)
+    with pytest.raises(MemoryBudgetError, match=rf"needs .* \({need} bytes\) to score even one crop, over "
+                                                rf"the memory budget of .* \({need - 1} bytes\)") as e:
+        scorer.score(vids)
+    assert e.value.needed == need and e.value.budget == need - 1
+    # The other video still scores when failures are collected rather than raised.
+    out = list(scorer.iter_results([ArraySource(k, v) for k, v in vids.items()]))
+    assert {type(r).__name__ for r in out} == {"VideoResult", "VideoFailure"}
+    assert [r.name for r in out if isinstance(r, VideoFailure)] == ["v0"]
+
+
+def test_the_memory_estimate_grows_with_the_attention_square(runner):
+    m = runner.meta
+    assert estimate_bytes(2, 100, m) == 2 * estimate_bytes(1, 100, m)
+    assert estimate_bytes(1, 2000, m) > 3.5 * estimate_bytes(1, 1000, m)
+    assert default_memory_budget() > 0
+
+
+def test_crop_count_policy(runner):
+    vids = {"two": videos([6], crops=2)["v0"]}
+    with pytest.raises(InputError, match=r"'two': 2 crop\(s\); the model expects 3 .*--any-crops"):
+        Scorer(runner).score(vids)
+    out = Scorer(runner, crops=None).score(vids)[0]
+    np.testing.assert_allclose(out.anomaly, toy_reference(vids["two"])["anomaly"], rtol=1e-5, atol=1e-6)
+    # Videos with different crop counts never share a call.
+    mixed = {**videos([6], crops=2), "x": videos([6], crops=1)["v0"]}
+    scorer = Scorer(runner, crops=None)
+    scorer.score(mixed)
+    assert scorer.stats["calls"] == 2
+
+
+class _Broken:
+    name, crops, length = "broken", TOY_CROPS, 4
+
+    def load(self):
+        raise OSError("disk on fire")
+
+
+def test_a_video_failing_to_load_fails_alone_and_the_batch_completes(runner):
+    good = [ArraySource(k, v) for k, v in videos([4, 4, 4]).items()]
+    out = list(Scorer(runner, min_fill=0.0).iter_results([good[0], _Broken(), *good[1:]]))
+    fails = [r for r in out if isinstance(r, VideoFailure)]
+    assert [f.name for f in fails] == ["broken"] and "disk on fire" in fails[0].message
+    assert sorted(r.name for r in out if not isinstance(r, VideoFailure)) == ["v0", "v1", "v2"]
+
+
+def test_nan_in_a_video_is_reported_by_name(runner):
+    v = videos([4])["v0"]
+    v[1, 2, 3] = np.inf
+    with pytest.raises(InputError, match=r"video 'bad': inf at crop 1, snippet 2, dim 3"):
+        Scorer(runner).score({"bad": v})
+
+
+def test_duplicate_names_are_refused(runner):
+    v = videos([4])["v0"]
+    with pytest.raises(InputError, match="occur more than once"):
+        list(Scorer(runner).iter_results([ArraySource("a", v), ArraySource("a", v)]))
+
+
+# -- the real model ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def xd_runner(xd_onnx):
+    return load_runner(xd_onnx, "ort-cpu")
+
+
+def test_real_model_batched_equals_one_at_a_time(xd_runner, reference_dir):
+    ref = np.load(reference_dir / "infer_xd_5crop_T137.npz")
+    base = ref["features"]                                         # (5, 137, 1024)
+    vids = {"full": base, "a": base[:, :40], "b": base[:, 50:53], "c": base[:, 7:8],
+            "d": base[:, 60:97][:, ::-1].copy()}
+    batched = Scorer(xd_runner, min_fill=0.0).score(vids)
+    for r in batched:
+        alone = Scorer(xd_runner, max_batch=1).score({r.name: vids[r.name]})[0]
+        for k in ("score", "dfm", "anomaly"):
+            err, ok = check("padding", getattr(r, k), getattr(alone, k))
+            assert ok, (r.name, k, err)
+    np.testing.assert_allclose(batched[0].anomaly, ref["anomaly_crop_mean"], rtol=1e-4,
+                               atol=1e-4 * np.abs(ref["anomaly_crop_mean"]).max())
+
+
+def test_real_model_crop_chunks_equal_the_whole(xd_runner, reference_dir):
+    base = np.load(reference_dir / "infer_xd_5crop_T137.npz")["features"]
+    whole = Scorer(xd_runner).score({"v": base})[0]
+    split = Scorer(xd_runner, memory_budget=estimate_bytes(2, 137, xd_runner.meta)).score({"v": base})[0]
+    assert split.calls == 3
+    for k in ("score", "dfm", "anomaly"):
+        assert check("padding", getattr(split, k), getattr(whole, k))[1]

@@ -223,7 +223,7 @@ def _make_video(name: str, members: list[tuple[int | None, Path]], layout: str,
                 f"video {name!r}: both a stacked file and per-crop files "
                 f"({', '.join(str(p) for _, p in members)}); expected one or the other")
         p = members[0][1]
-        shape, _ = peek_npy(p, feature_dim=feature_dim, ndim=(2,) if layout == "TD" else (2, 3))
+        shape, _ = peek_npy(p, feature_dim=feature_dim, ndim=(2, 3))
         if len(shape) == 2:
             return FileVideo(name, [p], "TD", 1, shape[0], feature_dim)
         lay = _layout_3d(p, shape, layout, crops_hint)

@@ -34,7 +34,9 @@ def plot_scores(path: str | Path, name: str, anomaly: np.ndarray, *, frames_per_
     for k, ev in enumerate(events):
         ax.axvspan(ev.start_frame * scale, ev.end_frame * scale, color="tab:red", alpha=0.2,
                    label="event" if k == 0 else None)
-        ax.plot([ev.peak_frame * scale], [ev.peak], marker="v", color="tab:red", ms=5)
+        # Marker at the middle of the peak snippet (its frames all carry the peak score).
+        ax.plot([(ev.peak_frame + frames_per_snippet / 2) * scale], [ev.peak], marker="v",
+                color="tab:red", ms=5)
     if threshold is not None:
         ax.axhline(threshold, color="tab:red", ls="--", lw=0.8, label=f"threshold {threshold:.4g}")
     ax.set_xlim(0, max(x[-1] if x.size else 1.0, scale))

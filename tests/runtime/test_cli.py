@@ -1,0 +1,315 @@
+"""bnwvad-infer: input forms and layouts, bad files, outputs, events, plots; in-process on the toy
+model (fast), and as a subprocess on the exported published weights."""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from _toy_onnx import TOY_CROPS, TOY_D, toy_reference
+from bnwvad.runtime import load_results
+from bnwvad.runtime.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def write_crops(folder: Path, video: str, arr: np.ndarray) -> list[Path]:
+    """(C, T, D) -> <folder>/<video>__<k>.npy, one (T, D) file per crop."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, crop in enumerate(arr):
+        paths.append(folder / f"{video}__{k}.npy")
+        np.save(paths[-1], crop)
+    return paths
+
+
+def feats(t, crops=TOY_CROPS, seed=0):
+    return np.random.default_rng(seed).normal(size=(crops, t, TOY_D)).astype(np.float32)
+
+
+# -- input forms -------------------------------------------------------------------------
+def test_per_crop_files_directory_stacked_file_and_list_file(toy_onnx, tmp_path):
+    a, b = feats(9, seed=1), feats(4, seed=2)
+    write_crops(tmp_path / "crops", "a", a)
+    write_crops(tmp_path / "crops", "b", b)
+    np.save(tmp_path / "stacked_a.npy", a.transpose(1, 0, 2))                 # (T, C, D)
+    (tmp_path / "test.list").write_text("".join(f"crops/b__{k}.npy\n" for k in range(3)))
+    # b comes both from the folder and from the list: the same files, scored once.
+    r = invoke(tmp_path / "crops", tmp_path / "stacked_a.npy", tmp_path / "test.list",
+               "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    for name, arr in (("a", a), ("b", b), ("stacked_a", a)):
+        got = np.load(out / f"{name}.npy", allow_pickle=False)
+        assert got.dtype == np.float32 and got.shape == (arr.shape[1],)
+        np.testing.assert_allclose(got, toy_reference(arr)["anomaly"], rtol=1e-5, atol=1e-6)
+    res = load_results(out / "results.npz")
+    assert list(res) == ["a", "b", "stacked_a"] and res["a"]["crops"] == 3
+    np.testing.assert_allclose(res["b"]["dfm"], toy_reference(b)["dfm"], rtol=1e-5, atol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["backend"] == "ort-cpu" and summary["failures"] == {}
+    assert summary["videos"]["a"]["frames"] == 9 * 16
+    assert "stacked_a" in r.stdout and "max" in r.stdout
+
+
+def test_list_file_paths_resolve_against_root(toy_onnx, tmp_path):
+    write_crops(tmp_path / "data" / "test", "v_label_A", feats(5))
+    lst = tmp_path / "lists" / "Test.list"
+    lst.parent.mkdir()
+    lst.write_text("".join(f"test/v_label_A__{k}.npy\n" for k in range(3)))
+    r = invoke(lst, "--root", tmp_path / "data", "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "v_label_A.npy").is_file()
+
+
+def test_a_lone_crop_file_is_not_silently_a_one_crop_video(toy_onnx, tmp_path):
+    np.save(tmp_path / "x__3.npy", feats(5)[0])
+    r = invoke(tmp_path / "x__3.npy", "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 1
+    assert "video 'x' has crop files [3], missing [0, 1, 2]" in r.stderr
+    assert "--no-crops-from-names" in r.stderr and not (tmp_path / "out" / "x.npy").exists()
+    # Asked explicitly: each file is its own one-crop video (and the crop check is relaxed).
+    r = invoke(tmp_path / "x__3.npy", "--no-crops-from-names", "--any-crops",
+               "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output and (tmp_path / "out" / "x__3.npy").is_file()
+
+
+def test_one_crop_file_needs_the_crop_check_relaxed(toy_onnx, tmp_path):
+    np.save(tmp_path / "single.npy", feats(6)[0])                               # (T, D)
+    r = invoke(tmp_path / "single.npy", "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 1 and "'single': 1 crop(s); the model expects 3" in r.stderr
+    r = invoke(tmp_path / "single.npy", "--crops", "1", "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("shape, flag, message", [
+    ((3, 3, TOY_D), None, r"is ambiguous: its first two axes are equal \(3\)"),
+    ((3, 7, TOY_D), None, r"looks like \(C, T, D\) = \(3, 7, 8\)"),
+    ((7, 4, TOY_D), None, r"neither axis of \(7, 4\) matches the model's 3 crops"),
+    ((7, 3, TOY_D), "TD", r"--layout TD says every file is one crop"),
+])
+def test_ambiguous_3d_layouts_are_errors_that_name_the_flag(toy_onnx, tmp_path, shape, flag, message):
+    np.save(tmp_path / "v.npy", np.ones(shape, np.float32))
+    args = [tmp_path / "v.npy", "--model", toy_onnx, "--out", tmp_path / "out"]
+    r = invoke(*args, *(["--layout", flag] if flag else []))
+    assert r.exit_code == 1
+    assert re.search(message, r.stderr), r.stderr
+    assert not (tmp_path / "out" / "v.npy").exists()
+
+
+def test_explicit_layouts_read_stacked_files(toy_onnx, tmp_path):
+    v = feats(3)                                                     # (C, T, D) with T == C == 3
+    np.save(tmp_path / "tcd.npy", v.transpose(1, 0, 2))
+    np.save(tmp_path / "ctd.npy", v)
+    for name, lay in (("tcd", "TCD"), ("ctd", "CTD")):
+        r = invoke(tmp_path / f"{name}.npy", "--layout", lay, "--model", toy_onnx, "--out", tmp_path / "out")
+        assert r.exit_code == 0, r.output
+        np.testing.assert_allclose(np.load(tmp_path / "out" / f"{name}.npy"), toy_reference(v)["anomaly"],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_the_same_video_name_from_two_folders_is_refused(toy_onnx, tmp_path):
+    write_crops(tmp_path / "a", "v", feats(4))
+    write_crops(tmp_path / "b", "v", feats(4))
+    r = invoke(tmp_path / "a", tmp_path / "b", "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 1 and "video name 'v' comes from several inputs" in r.stderr
+    assert not (tmp_path / "out" / "v.npy").exists()
+
+
+# -- bad files: one clear error each, nothing written for them, the rest completes ---------
+def _truncate(p):
+    np.save(p, feats(6)[0])
+    p.write_bytes(p.read_bytes()[:-40])
+
+
+def _pickled_object_array(p):
+    np.save(p, np.array([{"x": 1}] * 6, dtype=object), allow_pickle=True)
+
+
+def _plain_pickle(p):
+    p.write_bytes(pickle.dumps({"features": [1.0, 2.0]}))
+
+
+def _npy(arr):
+    return lambda p: np.save(p, arr)
+
+
+def _nan(p):
+    a = feats(6)[0]
+    a[2, 5] = np.nan
+    np.save(p, a)
+
+
+def _inf(p):
+    a = feats(6)[0]
+    a[4, 1] = -np.inf
+    np.save(p, a)
+
+
+BAD = {
+    "corrupted": (lambda p: p.write_bytes(b"\x00\x01garbage" * 20), r"not a \.npy file \(starts with"),
+    "truncated": (_truncate, r"truncated: its header announces shape \(6, 8\) float32 \(192 bytes of data\) but the file holds 152"),
+    "empty_file": (lambda p: p.write_bytes(b""), r"the file is empty \(0 bytes\)"),
+    "zero_T": (_npy(np.zeros((0, TOY_D), np.float32)), r"shape \(0, 8\) has T = 0 snippets; expected at least 1"),
+    "wrong_D": (_npy(np.ones((6, 5), np.float32)), r"feature dimension D = 5 \(shape \(6, 5\)\); expected D = 8"),
+    "wrong_dtype": (_npy(np.ones((6, TOY_D), np.int32)), r"dtype int32; expected floating-point features"),
+    "wrong_ndim": (_npy(np.ones(6, np.float32)), r"array of shape \(6,\) \(1 dimensions\); expected \(T, D\)"),
+    "nan": (_nan, r"contains NaN or inf \(first at index \(2, 5\)\)"),
+    "inf": (_inf, r"contains NaN or inf \(first at index \(4, 1\)\)"),
+    "pickled_object_array": (_pickled_object_array, r"holds a pickled object array, which is never loaded"),
+    "plain_pickle": (_plain_pickle, r"a Python pickle, not a \.npy array \(never loaded"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_each_bad_file_gets_its_own_error_and_no_output(toy_onnx, tmp_path, case):
+    make, message = BAD[case]
+    write_crops(tmp_path / "in", "good", feats(6, seed=1))
+    write_crops(tmp_path / "in", "bad", feats(6, seed=2))
+    bad_file = tmp_path / "in" / "bad__1.npy"
+    make(bad_file)
+    out = tmp_path / "out"
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", out)
+    assert r.exit_code == 1
+    assert str(bad_file) in r.stderr and re.search(message, r.stderr), r.stderr
+    assert not (out / "bad.npy").exists() and (out / "good.npy").is_file()
+    assert list(load_results(out / "results.npz")) == ["good"]
+    failures = json.loads((out / "summary.json").read_text())["failures"]
+    assert list(failures) == ["bad"] and str(bad_file) in failures["bad"]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]      # nothing partial
+
+
+def test_outputs_replace_old_ones_atomically(toy_onnx, tmp_path):
+    write_crops(tmp_path / "in", "v", feats(5))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "v.npy").write_bytes(b"old")
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", out)
+    assert r.exit_code == 0
+    assert np.load(out / "v.npy").shape == (5,)
+    assert sorted(p.name for p in out.iterdir()) == ["results.npz", "summary.json", "v.npy"]
+
+
+def test_model_errors_exit_2_without_outputs(tmp_path):
+    write_crops(tmp_path / "in", "v", feats(5))
+    (tmp_path / "m.onnx").write_bytes(b"junk")
+    r = invoke(tmp_path / "in", "--model", tmp_path / "m.onnx", "--out", tmp_path / "out")
+    assert r.exit_code == 2 and "ONNX Runtime could not load the model" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -- events, calibration, plots ------------------------------------------------------------
+def test_events_with_a_given_threshold(toy_onnx, tmp_path):
+    v = feats(20, seed=3)
+    write_crops(tmp_path / "in", "v", v)
+    ref = toy_reference(v)["anomaly"]
+    thr = float(np.quantile(ref, 0.7))
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", tmp_path / "out", "--threshold", thr,
+               "--fps", 24, "--plot")
+    assert r.exit_code == 0, r.output
+    ev = json.loads((tmp_path / "out" / "events.json").read_text())
+    assert ev["threshold"] == thr and ev["threshold_source"] == "given" and ev["fps"] == 24
+    above = ref > thr
+    assert sum(e["end_snippet"] - e["start_snippet"] for e in ev["videos"]["v"]) == above.sum()
+    e0 = ev["videos"]["v"][0]
+    assert above[e0["start_snippet"]:e0["end_snippet"]].all()
+    assert e0["start_frame"] == 16 * e0["start_snippet"] and e0["end_s"] == pytest.approx(e0["end_frame"] / 24)
+    assert e0["peak"] == pytest.approx(ref[e0["start_snippet"]:e0["end_snippet"]].max(), rel=1e-5)
+    png = tmp_path / "out" / "plots" / "v.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_calibrated_threshold_meets_the_false_alarm_rate(toy_onnx, tmp_path):
+    for i in range(4):
+        write_crops(tmp_path / "normal", f"n{i}", feats(50, seed=10 + i))
+    write_crops(tmp_path / "in", "v", feats(30, seed=3))
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", tmp_path / "out",
+               "--calibrate", tmp_path / "normal", "--false-alarm-rate", 0.05)
+    assert r.exit_code == 0, r.output
+    ev = json.loads((tmp_path / "out" / "events.json").read_text())
+    cal = ev["calibration"]
+    assert ev["threshold_source"] == "calibrated" and cal["videos"] == 4 and cal["snippets"] == 200
+    assert 0 < cal["achieved_rate"] <= 0.05
+    normal = np.concatenate([toy_reference(feats(50, seed=10 + i))["anomaly"] for i in range(4)])
+    assert np.mean(normal > ev["threshold"]) <= 0.05
+
+
+def test_threshold_and_calibrate_are_exclusive(toy_onnx, tmp_path):
+    r = invoke("x.npy", "--model", toy_onnx, "--out", tmp_path, "--threshold", 1, "--calibrate", "y")
+    assert r.exit_code == 2 and "not both" in r.output
+
+
+# -- as a subprocess: the published weights, and no torch -----------------------------------
+def _bnwvad_infer() -> list[str]:
+    exe = Path(sys.executable).with_name("bnwvad-infer")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "bnwvad.runtime.cli"]
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("infer_xd_5crop_T137", []),
+    ("infer_ucf_10crop_T64", ["--any-crops"]),
+    ("infer_1crop_T1", ["--any-crops"]),
+    ("infer_1crop_T2", ["--any-crops"]),
+])
+def test_bnwvad_infer_reproduces_the_published_outputs(xd_onnx, reference_dir, tmp_path, name, extra):
+    ref = np.load(reference_dir / f"{name}.npz")
+    write_crops(tmp_path / "in", name, ref["features"])
+    proc = subprocess.run([*_bnwvad_infer(), *sorted(map(str, (tmp_path / "in").iterdir())),
+                           "--model", str(xd_onnx), "--out", str(tmp_path / "out"), *extra],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(tmp_path / "out" / f"{name}.npy", allow_pickle=False)
+    want = ref["anomaly_crop_mean"]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), np.abs(got - want).max()
+    res = load_results(tmp_path / "out" / "results.npz")[name]
+    for k in ("score", "dfm"):
+        w = ref[k].mean(0)
+        assert np.abs(res[k] - w).max() <= 1e-4 * np.abs(w).max()
+
+
+BLOCK_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    raise SystemExit("the blocker failed")
+import bnwvad.runtime
+from bnwvad.runtime.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+assert not leaked, leaked
+print("NO-TORCH-OK", code)
+raise SystemExit(code)
+"""
+
+
+def test_runtime_and_cli_work_with_torch_unimportable(toy_onnx, tmp_path):
+    write_crops(tmp_path / "in", "v", feats(12))
+    np.save(tmp_path / "in" / "w__0.npy", np.ones((3, 5), np.float32))     # a bad file on the way
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(tmp_path / "in"), "--model", str(toy_onnx),
+                           "--out", str(tmp_path / "out"), "--threshold", "0.1", "--plot", "--any-crops"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "NO-TORCH-OK 1" in proc.stdout, proc.stdout + proc.stderr
+    assert (tmp_path / "out" / "v.npy").is_file() and (tmp_path / "out" / "plots" / "v.png").is_file()
+    assert "w__0.npy: feature dimension D = 5" in proc.stderr

@@ -77,6 +77,19 @@ def load_features(path: str | Path, *, feature_dim: int | None = None,
     size = p.stat().st_size
     if size == 0:
         raise FeatureFileError(f"{p}: the file is empty (0 bytes); expected a .npy array of shape (T, D)")
+    # np.load reports any non-.npy, non-zip file (garbage, a truncated header, a plain pickle)
+    # as "pickled data": tell those apart by the first bytes before asking it.
+    with open(p, "rb") as f:
+        head = f.read(6)
+    if head != b"\x93NUMPY":
+        if head[:1] == b"\x80":
+            what = "a Python pickle, not a .npy array (never loaded: unpickling can run code)"
+        elif head[:2] == b"PK":
+            what = "a zip archive (.npz?), not a single .npy array; save one array per file with np.save"
+        else:
+            what = (f"not a .npy file (starts with {head!r}, not the .npy magic \\x93NUMPY; "
+                    f"corrupted or another format)")
+        raise FeatureFileError(f"{p}: {what}; expected a .npy array of shape (T, D)")
     try:
         arr = np.load(p, allow_pickle=False, mmap_mode=None)
     except ValueError as e:

@@ -1,0 +1,138 @@
+"""bnwvad-eval: the published evaluation protocol on a checkpoint or on precomputed scores.
+
+    bnwvad-eval CHECKPOINT --dataset ucf|xd|shanghaitech|demo [--root DIR] [--list FILE]
+                [--annotations FILE] [--snippets CSV] [--preset P] [--device auto|cpu|cuda]
+                [--json FILE] [--plot FILE.png] [--videos NAME]...
+    bnwvad-eval --scores DIR --dataset ... (one <video>.npy of snippet scores (T,) per test
+                video, as bnwvad-infer writes; no torch needed)
+
+Prints a metrics table (fractions, with percentages); --json writes the metrics atomically.
+Any bad input ends with a one-line error and exit status 1, and writes no output file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+DATASETS = ("ucf", "xd", "shanghaitech", "demo")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file beside `path`, then rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(checkpoint: str | None, scores_dir: str | None, dataset: str | None, root: str | None,
+        list_file: str | None, annotations: str | None, snippets: str | None, preset: str | None,
+        device: str, json_path: str | None, plot_path: str | None, videos: tuple[str, ...],
+        progress: bool) -> dict[str, Any]:
+    # Torch-free imports only here: the --scores path must work without torch.
+    from ..evaluate import dataset_files, load_test_set
+    from ..metrics import evaluate_scores, format_table, load_score_dir
+    from ..plot import check_plot_videos, plot_scores
+
+    if (checkpoint is None) == (scores_dir is None):
+        raise click.UsageError("give either a CHECKPOINT or --scores DIR (exactly one)")
+    files = dataset_files(dataset, root=root, list_file=list_file, annotations=annotations,
+                          snippets=snippets)
+    test_set = load_test_set(files, need_snippets=scores_dir is not None)
+    if videos:                      # fail on a wrong name before minutes of scoring
+        check_plot_videos(videos, test_set.videos)
+
+    extra = None
+    if scores_dir is not None:
+        scores = load_score_dir(scores_dir, test_set.videos)
+        source: dict[str, Any] = {"scores": str(scores_dir)}
+    else:
+        from ..checkpoint import load_model
+        from ..evaluate import resolve_device, score_videos
+
+        dev = resolve_device(device)
+        model = load_model(checkpoint, preset=preset or files.preset, device=dev)
+        out = score_videos(model, test_set.videos, device=dev, progress=progress)
+        scores = {k: v.anomaly for k, v in out.items()}
+        extra = {"classifier score": {k: v.score for k, v in out.items()}}
+        source = {"checkpoint": str(checkpoint), "device": str(dev)}
+
+    metrics = evaluate_scores(scores, test_set.videos, test_set.annotations, snippets=test_set.snippets)
+    title = (f"bnwvad-eval  {dataset or 'custom'}  "
+             f"{'checkpoint ' + str(checkpoint) if checkpoint else 'scores ' + str(scores_dir)}")
+    if plot_path:
+        plot_scores(plot_path, scores, test_set.videos, test_set.annotations, names=list(videos) or None,
+                    frames_per_snippet=metrics["frames_per_snippet"], title=title, extra=extra)
+    report = {**metrics, "dataset": dataset, "list": str(files.list_file),
+              "annotations": str(files.annotations), "units": "fractions in [0, 1]", **source}
+    # The table goes to stdout only once everything succeeded, then the JSON is written last.
+    click.echo(format_table(metrics, title=title))
+    if plot_path:
+        click.echo(f"plot: {plot_path}")
+    if json_path:
+        write_json_atomic(Path(json_path), report)
+        click.echo(f"metrics: {json_path}")
+    return report
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
+@click.option("--scores", "scores_dir", type=click.Path(file_okay=False),
+              help="Evaluate precomputed scores: DIR holds <video>.npy, float (T,), per test video.")
+@click.option("--dataset", type=click.Choice(DATASETS),
+              help="Dataset layout for the default file locations (demo: ./demo_data, XD layout).")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Dataset root: the list's feature paths resolve against it.")
+@click.option("--list", "list_file", type=click.Path(dir_okay=False),
+              help="Test list file (default <root>/list/<UCF|XD|SH>_Test.list).")
+@click.option("--annotations", type=click.Path(dir_okay=False),
+              help="Temporal annotation file, UCF-Crime or XD-Violence format (auto-detected).")
+@click.option("--snippets", type=click.Path(dir_okay=False),
+              help="CSV video,snippets giving each test video's T (default <root>/test_snippets.csv "
+                   "if present, else read from the feature files).")
+@click.option("--preset", type=click.Choice(("ucf", "xd", "shanghaitech")),
+              help="Model preset for a bare (published) state_dict; default: the dataset's.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the metrics as JSON here (atomically).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write a PNG of score curves against the ground truth.")
+@click.option("--videos", "--video", "videos", multiple=True, metavar="NAME",
+              help="A video to plot (repeat the option for more); default: 3 anomalous + 1 normal.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar over the test videos (stderr).")
+def main(checkpoint, scores_dir, dataset, root, list_file, annotations, snippets, preset, device,
+         json_path, plot_path, videos, progress):
+    """Evaluate a BN-WVAD CHECKPOINT (or --scores DIR) with the published protocol:
+    frame-level AUC, AP (published trapezoid form) beside average_precision_score,
+    the _sub metrics on abnormal videos, and per-class AUC / AP. Values are fractions."""
+    try:
+        run(checkpoint, scores_dir, dataset, root, list_file, annotations, snippets, preset, device,
+            json_path, plot_path, tuple(videos), progress)
+    except click.ClickException:
+        raise
+    except ImportError as e:
+        raise click.ClickException(f"{e}: evaluating a checkpoint needs torch (pip install "
+                                   f"'bnwvad[train]'); --scores DIR does not") from None
+    except (ValueError, OSError) as e:
+        # FeatureFileError, AnnotationError, EvaluationError and CheckpointError are ValueErrors.
+        msg = " ".join(str(e).split())
+        raise click.ClickException(msg) from None
+
+
+if __name__ == "__main__":
+    main()

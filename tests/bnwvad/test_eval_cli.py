@@ -1,0 +1,246 @@
+"""bnwvad-eval and bnwvad.evaluate on tiny real-layout trees built on disk: per-crop .npy
+files with XD-Violence names, a list file, an annotation file and a tiny checkpoint.
+The happy paths run the CLI as a subprocess; the many bad-input cases run it in-process
+(click's runner) to stay fast, with one subprocess check of the exit status and stderr."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bnwvad import ModelConfig, build_model, save_checkpoint
+from bnwvad.cli.eval import main
+from bnwvad.evaluate import dataset_files, evaluate_model, load_test_set, score_videos
+from bnwvad.features import group_videos, read_list
+from bnwvad.metrics import evaluate_scores, read_annotations
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ModelConfig(feature_dim=8, embed_dim=16, heads=2, head_dim=8, mlp_dim=16, hidden_dims=(8, 4))
+CROPS = 3
+# (name, T, events): two violent videos (one with two classes), two normal ones.
+VIDEOS = [("Movie.A.2001__#00-01-00_00-02-00_label_B1-0-0", 12, ((16, 80), (150, 170))),
+          ("v=abc__#1_label_G-B2-0", 9, ((0, 40),)),
+          ("Movie.B.1999__#00-10-00_00-11-00_label_A", 10, ()),
+          ("Movie.C.2010__#01-00-00_01-00-30_label_A", 7, ())]
+KEYS = {"auc", "ap", "average_precision", "auc_sub", "ap_sub", "frames", "anomalous_frames", "per_class"}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """<tmp>/demo_data in the XD-Violence layout the demo generator writes, plus a checkpoint."""
+    base = tmp_path_factory.mktemp("eval")
+    root = base / "demo_data"
+    (root / "test").mkdir(parents=True)
+    (root / "list").mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for name, t, _ in VIDEOS:
+        for c in range(CROPS):
+            np.save(root / "test" / f"{name}__{c}.npy", rng.random((t, TINY.feature_dim), dtype=np.float32))
+            lines.append(f"test/{name}__{c}.npy")
+    (root / "list" / "XD_Test.list").write_text("\n".join(lines))          # no final newline, as published
+    (root / "XD_Annotation.txt").write_text(
+        "".join(f"{n} {' '.join(f'{s} {e}' for s, e in ev)}\n" for n, _, ev in VIDEOS if ev))
+    torch.manual_seed(0)
+    save_checkpoint(base / "tiny.pt", build_model(TINY).eval(), meta={"note": "test"})
+    return base
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    # As if torch were not installed: its import fails (sys.modules stays clean, so
+    # libraries that merely look for an imported torch are not confused).
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def cli(args, cwd, block_torch=False):
+    """Run bnwvad-eval in a fresh interpreter; block_torch makes any `import torch` fail."""
+    code = ((BLOCK_TORCH if block_torch else "import sys\n")
+            + "from bnwvad.cli.eval import main\nmain(sys.argv[1:], prog_name='bnwvad-eval')\n")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def in_process(args, cwd, monkeypatch):
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def expected_metrics(tree):
+    files = dataset_files("demo", root=tree / "demo_data")
+    ts = load_test_set(files)
+    from bnwvad import load_model
+    model = load_model(tree / "tiny.pt")
+    scores = score_videos(model, ts.videos, progress=False)
+    return ts, scores, evaluate_scores({k: v.anomaly for k, v in scores.items()}, ts.videos, ts.annotations)
+
+
+# ---------------------------------------------------------------------------- library
+def test_evaluate_model_scores_each_video_as_one_forward_and_restores_mode(tree):
+    root = tree / "demo_data"
+    videos = group_videos(read_list(root / "list" / "XD_Test.list", root))
+    ann = read_annotations(root / "XD_Annotation.txt")
+    torch.manual_seed(1)
+    model = build_model(TINY).train()
+    scores = score_videos(model, videos, progress=False)
+    assert model.training                                   # the training loop's mode is kept
+    assert list(scores) == [v.name for v in videos]
+    from bnwvad.features import load_video
+    x = torch.from_numpy(load_video(videos[1]))[None]
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+    model.train()
+    np.testing.assert_array_equal(scores[videos[1].name].anomaly, ref.anomaly[0].numpy())
+    np.testing.assert_array_equal(scores[videos[1].name].dfm, ref.dfm[0].numpy())
+    bn_before = model.head.bns[0].running_mean.clone()
+    m = evaluate_model(model, videos, ann, device="cpu")
+    assert torch.equal(model.head.bns[0].running_mean, bn_before)   # eval mode: no BN update
+    assert KEYS <= set(m) and m["frames"] == 16 * sum(t for _, t, _ in VIDEOS)
+    assert m["anomalous_frames"] == (80 - 16) + (170 - 150) + 40
+    assert sorted(m["per_class"]) == ["Explosion", "Fighting", "Shooting"]
+    with pytest.raises(ValueError, match=rf"video '{VIDEOS[0][0]}': 12 snippet scores; expected 3"):
+        evaluate_model(model, videos, ann, snippets={v.name: 3 for v in videos})
+
+
+# ---------------------------------------------------------------------------- CLI, subprocess
+def test_checkpoint_then_scores_dir_give_the_same_metrics(tree, tmp_path):
+    out = tmp_path / "m.json"
+    png = tmp_path / "curves.png"
+    r = cli(["tiny.pt", "--dataset", "demo", "--device", "cpu", "--json", out, "--plot", png,
+             "--no-progress"], cwd=tree)
+    assert r.returncode == 0, r.stderr
+    assert "published: trapezoid" in r.stdout and "average_precision_score" in r.stdout
+    m = json.loads(out.read_text())
+    assert KEYS <= set(m)
+    assert m["frames"] == 16 * 38 and m["videos"] == 4 and m["abnormal_videos"] == 2
+    assert m["checkpoint"] == "tiny.pt" and m["dataset"] == "demo"
+    for k in ("auc", "ap", "average_precision", "auc_sub", "ap_sub"):
+        assert 0.0 <= m[k] <= 1.0
+    ts, scores, ref = expected_metrics(tree)
+    for k in ("auc", "ap", "average_precision", "auc_sub", "ap_sub", "average_precision_sub"):
+        assert m[k] == pytest.approx(ref[k], abs=1e-12), k
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    # The runtime's format: one <video>.npy (T,) per test video; evaluated with torch
+    # blocked, which also proves the --scores path never imports it.
+    sdir = tmp_path / "scores"
+    sdir.mkdir()
+    for name, s in scores.items():
+        np.save(sdir / f"{name}.npy", s.anomaly)
+    out2 = tmp_path / "s.json"
+    r = cli(["--scores", sdir, "--dataset", "demo", "--json", out2, "--plot", tmp_path / "s.png",
+             "--videos", VIDEOS[2][0]], cwd=tree, block_torch=True)
+    assert r.returncode == 0, r.stderr
+    m2 = json.loads(out2.read_text())
+    for k in ("auc", "ap", "average_precision", "auc_sub", "ap_sub", "frames", "anomalous_frames",
+              "per_class"):
+        assert m2[k] == m[k], k
+    assert (tmp_path / "s.png").is_file()
+
+
+def test_bad_input_exits_nonzero_with_one_line_and_no_json(tree, tmp_path):
+    sdir = tmp_path / "scores"
+    sdir.mkdir()
+    for name, t, _ in VIDEOS[:-1]:
+        np.save(sdir / f"{name}.npy", np.zeros(t, np.float32))
+    out = tmp_path / "m.json"
+    r = cli(["--scores", sdir, "--dataset", "demo", "--json", out], cwd=tree, block_torch=True)
+    assert r.returncode != 0
+    assert f"no score file for 1 of 4 test videos, first '{VIDEOS[-1][0]}.npy'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------- CLI, in-process
+def test_explicit_files_without_dataset(tree, tmp_path, monkeypatch):
+    root = tree / "demo_data"
+    out = tmp_path / "m.json"
+    r = in_process(["--scores", _scores(tmp_path), "--list", root / "list" / "XD_Test.list", "--root", root,
+                    "--annotations", root / "XD_Annotation.txt", "--json", out], tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    assert m["frames"] == 16 * 38 and m["dataset"] is None and m["units"] == "fractions in [0, 1]"
+
+
+def _scores(tmp_path, lengths=None, skip=()):
+    d = tmp_path / "scores"
+    d.mkdir(exist_ok=True)
+    for name, t, _ in VIDEOS:
+        if name not in skip:
+            np.save(d / f"{name}.npy", np.linspace(0, 1, (lengths or {}).get(name, t), dtype=np.float32))
+    return d
+
+
+@pytest.mark.parametrize("case, match", [
+    ("wrong_length", rf"video '{VIDEOS[1][0]}': 5 snippet scores; expected 9"),
+    ("bad_video", r"video 'nope' is not in the test list"),
+    ("bad_annotation", r"XD_Annotation.txt:2: 3 frame indices"),
+    ("no_source", r"give either a CHECKPOINT or --scores DIR"),
+    ("no_list", r"no test list file: give --list or --dataset"),
+    ("bad_checkpoint", r"bad.pt: cannot be read as a PyTorch checkpoint"),
+    ("no_demo", r"demo_data: no such dataset root directory \(run bnwvad-train"),
+    ("bad_feature", r"__0.npy: not a readable .npy array"),
+])
+def test_bad_inputs_give_clear_errors_and_write_nothing(tree, tmp_path, monkeypatch, case, match):
+    root = tree / "demo_data"
+    out = tmp_path / "m.json"
+    args = ["--dataset", "demo", "--root", root, "--json", out]
+    if case == "wrong_length":
+        args += ["--scores", _scores(tmp_path, lengths={VIDEOS[1][0]: 5})]
+    elif case == "bad_video":
+        args += ["--scores", _scores(tmp_path), "--plot", tmp_path / "p.png", "--videos", "nope"]
+    elif case == "bad_annotation":
+        bad = tmp_path / "XD_Annotation.txt"
+        bad.write_text(f"{VIDEOS[0][0]} 0 10\n{VIDEOS[1][0]} 0 10 20\n")
+        args += ["--scores", _scores(tmp_path), "--annotations", bad]
+    elif case == "no_source":
+        pass
+    elif case == "no_list":
+        args = ["--scores", _scores(tmp_path), "--json", out]
+    elif case == "bad_checkpoint":
+        good = (tree / "tiny.pt").read_bytes()
+        (tmp_path / "bad.pt").write_bytes(good[: len(good) // 2])          # truncated download
+        args = [tmp_path / "bad.pt", *args, "--device", "cpu"]
+    elif case == "no_demo":
+        args = ["--scores", _scores(tmp_path), "--dataset", "demo", "--json", out]
+    elif case == "bad_feature":
+        copy = tmp_path / "demo_data"
+        shutil.copytree(root, copy)
+        (copy / "test" / f"{VIDEOS[0][0]}__0.npy").write_bytes(b"\x93NUMPY garbage")
+        args = [tree / "tiny.pt", "--dataset", "demo", "--root", copy, "--json", out, "--device", "cpu",
+                "--no-progress"]
+    r = in_process(args, tmp_path, monkeypatch)
+    assert r.exit_code != 0
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert re.search(match, r.output), r.output
+    assert len(r.output.strip().splitlines()) == 1 or "Usage:" in r.output
+    assert not out.exists() and not (tmp_path / "p.png").exists()
+
+
+def test_score_videos_takes_another_feature_loader(tree):
+    """E.g. a loader that appends audio features: the model sees what the loader returns."""
+    root = tree / "demo_data"
+    videos = group_videos(read_list(root / "list" / "XD_Test.list", root))[:2]
+    model = build_model(TINY)
+    calls = []
+
+    def load(video, feature_dim):
+        calls.append((video.name, feature_dim))
+        return np.ones((2, 5, feature_dim), np.float32)
+
+    out = score_videos(model, videos, progress=False, load=load)
+    assert calls == [(v.name, TINY.feature_dim) for v in videos]
+    assert all(s.anomaly.shape == (5,) for s in out.values())

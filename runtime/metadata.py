@@ -1,8 +1,10 @@
 """The exported model's metadata: what the runtime validates inputs against.
 
-`bnwvad.export` writes `metadata_props` into the ONNX file (JSON values) and the same mapping
-into a TensorRT engine's JSON sidecar. The key names live in ONE table, `KEYS`, below: the
-first name of each entry is the exporter's, the others are tolerated spellings (older files).
+`bnwvad.export` writes `metadata_props` into the ONNX file (JSON values; the keys are
+documented in export/metadata.py) and the same mapping into a TensorRT engine's JSON sidecar.
+The runtime never imports the exporter (it needs torch and onnx): the key names it reads live
+in ONE table, `KEYS`, below; the first name of each entry is the exporter's, the others are
+tolerated spellings.
 """
 from __future__ import annotations
 
@@ -20,12 +22,19 @@ KEYS: dict[str, tuple[str, ...]] = {
     "frames_per_snippet": ("frames_per_snippet", "bnwvad.frames_per_snippet", "snippet_frames"),
     "precision": ("precision", "bnwvad.precision"),
     "opset": ("opset", "bnwvad.opset", "opset_version"),
-    "version": ("package_version", "bnwvad_version", "bnwvad.version", "version"),
+    "version": ("bnwvad_version", "package_version", "bnwvad.version", "version"),
     "model_config": ("model_config", "bnwvad.model_config", "config"),
     "preset": ("preset", "dataset_preset", "bnwvad.preset", "dataset"),
     "source_digest": ("source_digest", "checkpoint_digest", "source_checkpoint_digest",
                       "bnwvad.source_digest", "source_sha256"),
+    "source": ("source", "checkpoint"),
+    "weights_digest": ("weights_digest",),
+    "anomaly": ("anomaly", "score_kind"),
+    "format": ("format",),
+    "format_version": ("format_version",),
 }
+FORMAT = "bnwvad-onnx"          # the exporter's `format` value
+FORMAT_VERSION = 1              # the newest metadata layout this runtime reads
 # The contract's tensor names (DESIGN.md, "Inference graph").
 INPUTS = ("features", "lengths")
 OUTPUTS = ("score", "dfm", "anomaly")
@@ -87,6 +96,9 @@ class ModelMeta:
     model_config: dict = field(default_factory=dict)
     preset: str | None = None
     source_digest: str | None = None
+    weights_digest: str | None = None
+    anomaly: str | None = None       # what `anomaly` is per crop: product | classifier | dfm
+    checkpoint: str | None = None    # file name of the exported checkpoint
     raw: dict = field(default_factory=dict)
 
     # Sizes the memory estimate needs; the paper's values when the config is absent.
@@ -113,7 +125,9 @@ class ModelMeta:
         return {"feature_dim": self.feature_dim, "crops": self.crops,
                 "frames_per_snippet": self.frames_per_snippet, "precision": self.precision,
                 "opset": self.opset, "version": self.version, "model_config": self.model_config,
-                "preset": self.preset, "source_digest": self.source_digest}
+                "preset": self.preset, "source_digest": self.source_digest,
+                "weights_digest": self.weights_digest, "anomaly": self.anomaly,
+                "checkpoint": self.checkpoint}
 
 
 def meta_from_props(props: Mapping[str, Any], source: str, *,
@@ -125,6 +139,12 @@ def meta_from_props(props: Mapping[str, Any], source: str, *,
     """
     raw = {str(k): _decode(v) for k, v in props.items()}
     get = {name: _lookup(raw, keys) for name, keys in KEYS.items()}
+    if get["format"] is not None and get["format"] != FORMAT:
+        raise ModelLoadError(f"{source}: metadata format = {get['format']!r}; expected {FORMAT!r} "
+                             f"(a model exported by bnwvad-export)")
+    if isinstance(get["format_version"], int) and get["format_version"] > FORMAT_VERSION:
+        raise ModelLoadError(f"{source}: metadata format_version {get['format_version']} is newer than "
+                             f"this runtime reads ({FORMAT_VERSION}). Fix: upgrade bnwvad")
     config = get["model_config"] if isinstance(get["model_config"], dict) else {}
     d = _as_int(get["feature_dim"], "feature_dim", source)
     if d is None and config.get("feature_dim") is not None:
@@ -147,6 +167,9 @@ def meta_from_props(props: Mapping[str, Any], source: str, *,
         model_config=dict(config),
         preset=None if get["preset"] is None else str(get["preset"]),
         source_digest=None if get["source_digest"] is None else str(get["source_digest"]),
+        weights_digest=None if get["weights_digest"] is None else str(get["weights_digest"]),
+        anomaly=None if get["anomaly"] is None else str(get["anomaly"]),
+        checkpoint=None if get["source"] is None else str(get["source"]),
         raw=raw,
     )
 

@@ -17,10 +17,13 @@ TOY_CROPS = 3
 
 
 def toy_metadata(**over) -> dict:
-    meta = {"feature_dim": TOY_D, "crops": TOY_CROPS, "frames_per_snippet": 16, "precision": "fp32",
-            "opset": 17, "package_version": "0.1.0",
+    """The exporter's metadata keys (export/metadata.py) for the toy graph."""
+    meta = {"format": "bnwvad-onnx", "format_version": 1, "bnwvad_version": "0.1.0",
+            "precision": "fp32", "opset": 17, "feature_dim": TOY_D, "crops": TOY_CROPS,
+            "frames_per_snippet": 16, "preset": "toy",
             "model_config": {"feature_dim": TOY_D, "heads": 2, "embed_dim": 16, "depth": 1},
-            "preset": "toy", "source_digest": "sha256:toy"}
+            "source": "toy.pt", "source_digest": "sha256:toy", "weights_digest": "sha256:toyw",
+            "anomaly": "product"}
     meta.update(over)
     return meta
 

@@ -262,3 +262,10 @@ def test_native_tensorrt_engine_matches_onnx_runtime(toy_onnx, tmp_path):
         for i, n in enumerate(l):
             np.testing.assert_allclose(out[k][i, :n], ref[k][i, :n], rtol=1e-4, atol=1e-5)
 
+
+
+def test_metadata_of_another_format_or_a_newer_version_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="metadata format = 'other'; expected 'bnwvad-onnx'"):
+        load_runner(build_toy_onnx(tmp_path / "a.onnx", metadata=toy_metadata(format="other")), "ort-cpu")
+    with pytest.raises(ModelLoadError, match="format_version 2 is newer than this runtime reads"):
+        load_runner(build_toy_onnx(tmp_path / "b.onnx", metadata=toy_metadata(format_version=2)), "ort-cpu")

@@ -1,0 +1,216 @@
+"""Throughput of bnwvad.runtime's batching against scoring videos one by one, and peak memory.
+
+    .venv/bin/python bench/runtime_throughput.py --model xd.onnx [--every 4] [--rounds 4]
+
+Videos have the lengths of XD-Violence's 800 test videos (test_snippets.csv), 5 crops,
+random stand-in features of the model's D. Both modes score the same videos in the same
+process, alternating: the (optionally subsampled) set is dealt into `rounds` groups of
+similar length mix, and each group is scored batched then one-by-one (or the reverse, every
+other round), so load from other processes on a shared machine hits both modes alike.
+
+- batched: Scorer(runner) with its defaults (sorted by length, up to 32 videos per call,
+  min_fill 0.75, default memory budget);
+- one by one: Scorer(runner, max_batch=1), one call per video (N = 1, C = 5).
+
+Memory: the peak resident set (VmHWM) of each mode, reset between phases through
+/proc/self/clear_refs where the kernel allows, else sampled; ru_maxrss for the whole run; and
+the Scorer's estimate of its largest call beside it. ONNX Runtime's CPU arena keeps the
+largest call's buffers, so a mode's peak is reached once and held (--no-arena to compare).
+
+Without --model the published weights are exported in a subprocess (torch stays out of this
+process, so the memory figures are the runtime's).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BNWVAD_SHARED", REPO.parent / "shared"))
+
+
+def read_lengths(csv_path: Path) -> list[tuple[str, int]]:
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        return [(r["video"], int(r["snippets"])) for r in csv.DictReader(f)]
+
+
+class PoolVideo:
+    """A stand-in video: a (C, T, D) window of one shared random pool (cheap to 'load', the
+    same cost in both modes)."""
+
+    def __init__(self, name: str, length: int, crops: int, pool: np.ndarray, offset: int):
+        self.name, self.length, self.crops = name, length, crops
+        self._pool, self._offset = pool, offset
+
+    def load(self) -> np.ndarray:
+        return np.ascontiguousarray(self._pool[: self.crops, self._offset: self._offset + self.length])
+
+
+def vm_hwm() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def vm_rss() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")     # resets the peak RSS (VmHWM) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+class PeakSampler:
+    """Fallback where clear_refs is not writable: max VmRSS sampled every 2 ms."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, vm_rss())
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def export_published(out: Path) -> Path:
+    code = ("import sys; from bnwvad.export import export_onnx; "
+            "export_onnx(sys.argv[1], sys.argv[2], preset='xd', precision='fp32')")
+    subprocess.run([sys.executable, "-c", code, str(SHARED / "reference" / "official_state_dict.pkl"),
+                    str(out)], check=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="exported .onnx (default: export the published weights)")
+    ap.add_argument("--csv", type=Path, default=SHARED / "datasets" / "xd-violence" / "test_snippets.csv")
+    ap.add_argument("--crops", type=int, default=5)
+    ap.add_argument("--every", type=int, default=1,
+                    help="keep every k-th video of the length-sorted list (deterministic subsample)")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds (groups of videos)")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--no-arena", action="store_true", help="disable ONNX Runtime's CPU memory arena")
+    ap.add_argument("--json", type=Path, help="write the results here too")
+    args = ap.parse_args(argv)
+
+    from bnwvad.runtime import Scorer, load_runner, plan_calls
+    from bnwvad.runtime.io import save_json
+
+    tmp = None
+    if args.model is None:
+        tmp = tempfile.TemporaryDirectory()
+        args.model = export_published(Path(tmp.name) / "xd.onnx")
+    rss_start = vm_rss()
+    runner = load_runner(args.model, "ort-cpu", threads=args.threads, arena=not args.no_arena)
+    d = runner.meta.feature_dim
+    videos = read_lengths(args.csv)
+    order = sorted(range(len(videos)), key=lambda i: (videos[i][1], i))
+    kept = sorted(order[:: args.every])                              # back to CSV order
+    t_max = max(videos[i][1] for i in kept)
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((args.crops, t_max + 256, d), dtype=np.float32)
+    sources = [PoolVideo(videos[i][0], videos[i][1], args.crops, pool, int(rng.integers(0, 257)))
+               for i in kept]
+    # Deal the length-sorted set round-robin into rounds: each round has the same length mix.
+    by_len = sorted(range(len(sources)), key=lambda j: (sources[j].length, j))
+    rounds = [[sources[j] for j in by_len[r:: args.rounds]] for r in range(args.rounds)]
+
+    batched = Scorer(runner, max_batch=args.batch_size)
+    single = Scorer(runner, max_batch=1)
+    warm = [PoolVideo("warm", 64, args.crops, pool, 0)]
+    for s in (batched, single):
+        list(s.iter_results(warm))
+
+    can_reset = reset_hwm()
+    totals = {"batched": 0.0, "one_by_one": 0.0}
+    peaks = {"batched": 0, "one_by_one": 0}
+    per_round = []
+    for r, group in enumerate(rounds):
+        modes = [("batched", batched), ("one_by_one", single)]
+        if r % 2:
+            modes.reverse()
+        row = {"round": r, "videos": len(group), "snippets": sum(v.length for v in group)}
+        for mode, scorer in modes:
+            if can_reset:
+                reset_hwm()
+            with PeakSampler() as sampler:
+                t0 = time.perf_counter()
+                n = sum(1 for out in scorer.iter_results(group) if hasattr(out, "anomaly"))
+                dt = time.perf_counter() - t0
+            assert n == len(group), f"{mode}: only {n} of {len(group)} videos scored"
+            peaks[mode] = max(peaks[mode], vm_hwm() if can_reset else sampler.peak)
+            totals[mode] += dt
+            row[mode + "_s"] = round(dt, 3)
+        row["ratio"] = round(row["one_by_one_s"] / row["batched_s"], 3)
+        per_round.append(row)
+        print(f"round {r}: {row['videos']} videos, {row['snippets']} snippets: batched "
+              f"{row['batched_s']:.2f} s, one by one {row['one_by_one_s']:.2f} s, ratio {row['ratio']:.2f}",
+              flush=True)
+    snippets = sum(v.length for v in sources)
+    plan = plan_calls([v.length for v in sources], [v.crops for v in sources], runner.meta,
+                      budget=batched.memory_budget, max_batch=args.batch_size)
+    largest = max(c.bytes for c in plan.calls)
+    result = {
+        "model": str(args.model), "backend": runner.describe(), "threads": args.threads,
+        "arena": not args.no_arena, "videos": len(sources), "every": args.every,
+        "crops": args.crops, "feature_dim": d, "snippets": snippets, "rounds": per_round,
+        "batched_s": round(totals["batched"], 3), "one_by_one_s": round(totals["one_by_one"], 3),
+        "ratio": round(totals["one_by_one"] / totals["batched"], 3),
+        "batched_videos_per_s": round(len(sources) / totals["batched"], 2),
+        "one_by_one_videos_per_s": round(len(sources) / totals["one_by_one"], 2),
+        "batched_snippet_crops_per_s": round(snippets * args.crops / totals["batched"], 1),
+        "one_by_one_snippet_crops_per_s": round(snippets * args.crops / totals["one_by_one"], 1),
+        "batched_calls": batched.stats["calls"], "one_by_one_calls": single.stats["calls"],
+        "padding_overhead": round(batched.stats["padded_rows"] / max(1, batched.stats["real_rows"]) - 1, 4),
+        "peak_rss_batched_mib": round(peaks["batched"] / 2**20, 1),
+        "peak_rss_one_by_one_mib": round(peaks["one_by_one"] / 2**20, 1),
+        "peak_method": "VmHWM reset per phase" if can_reset else "VmRSS sampled every 2 ms",
+        "ru_maxrss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_model_mib": round(rss_start / 2**20, 1),
+        "feature_pool_mib": round(pool.nbytes / 2**20, 1),
+        "largest_call_estimate_mib": round(largest / 2**20, 1),
+        "memory_budget_mib": round(batched.memory_budget / 2**20, 1),
+        "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    if args.json:
+        save_json(args.json, result)
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,6 +27,8 @@ TOLERANCES: dict[str, Tolerance] = {
     "reference_step_stable": Tolerance(1e-6, "abs", "1% of lr; sign-unstable elements excluded"),
     # A zero-padded batch against each video alone (masking is exact; only reordering).
     "padding": Tolerance(1e-5, "rel_to_max", "padded keys and G columns are masked exactly"),
+    # The folded deploy model (bnwvad.export.fold) against the original, PyTorch both.
+    "fold": Tolerance(1e-5, "rel_to_max", "folded weights are computed in float64, rounded once"),
     # Exported graphs against the unoptimised PyTorch model, same inputs.
     "onnx_fp32": Tolerance(1e-4, "rel_to_max", "BN folding and graph fusions reorder float32 ops"),
     "onnx_fp16": Tolerance(2e-2, "rel_to_max", "fp16 matmuls (11-bit mantissa), fp32 reductions"),

@@ -1,0 +1,165 @@
+"""bnwvad-export: checkpoint -> verified folded-BN ONNX graph, and ONNX -> TensorRT engine.
+
+    bnwvad-export CHECKPOINT -o model.onnx [--preset ucf|xd|shanghaitech] [--fp16 | --int8]
+                  [--opset N] [--no-verify] [--external-data] [--trt model.engine ...]
+    bnwvad-export engine model.onnx -o model.engine [--min-shape 1,1,1] [--opt-shape 1,10,200]
+                  [--max-shape 4,10,2048] [--timing-cache FILE] [--checkpoint CKPT --preset P]
+
+Errors print one line on stderr and exit 1 (2 for usage errors); nothing partial is left.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+# Commands of the group; anything else as the first argument is the export's CHECKPOINT.
+_SUBCOMMANDS = ("onnx", "engine")
+
+
+class _DefaultToOnnx(click.Group):
+    """`bnwvad-export CKPT ...` means `bnwvad-export onnx CKPT ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in _SUBCOMMANDS and args[0] not in ("--help", "-h", "--version"):
+            args = ["onnx", *args]
+        return super().parse_args(ctx, args)
+
+
+def _echo(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _fail(e: Exception) -> None:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    click.echo(f"bnwvad-export: error: {first}", err=True)
+    sys.exit(1)
+
+
+def _shape(value: str | None, name: str):
+    if value is None:
+        return None
+    try:
+        parts = tuple(int(p) for p in value.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected N,C,T (three integers, e.g. 1,10,200)", param_hint=name)
+    if len(parts) != 3 or min(parts) < 1:
+        raise click.BadParameter(f"{value!r}: expected N,C,T (three positive integers)", param_hint=name)
+    return parts
+
+
+def _profile(min_shape, opt_shape, max_shape, crops):
+    from .trt_engine import Profile
+
+    d = Profile.default(crops)
+    return Profile(_shape(min_shape, "--min-shape") or d.min, _shape(opt_shape, "--opt-shape") or d.opt,
+                   _shape(max_shape, "--max-shape") or d.max)
+
+
+def _errors():
+    """The exception types that are the user's problem (one line, exit 1)."""
+    from bnwvad.checkpoint import CheckpointError
+
+    from .exporter import ExportError
+    from .fold import FoldError
+    from .graph import GraphError
+    from .metadata import MetadataError
+    from .quantize import QuantizationError
+    from .trt_engine import TensorRTError
+    from .verify import VerificationError
+    return (CheckpointError, ExportError, FoldError, GraphError, MetadataError, QuantizationError,
+            TensorRTError, VerificationError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+_profile_options = [
+    click.option("--min-shape", metavar="N,C,T", help="Smallest input the engine accepts (default 1,1,1)."),
+    click.option("--opt-shape", metavar="N,C,T", help="Shape TensorRT tunes for (default 1,CROPS,200)."),
+    click.option("--max-shape", metavar="N,C,T", help="Largest input the engine accepts (default 4,CROPS,2048)."),
+    click.option("--timing-cache", type=click.Path(dir_okay=False),
+                 help="Timing cache read and updated (default ENGINE.timing.cache)."),
+    click.option("--workspace", type=float, metavar="GIB", help="TensorRT workspace limit in GiB."),
+]
+
+
+def _with(options):
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+@click.group(cls=_DefaultToOnnx, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Export BN-WVAD checkpoints to ONNX (BatchNorm folded) and build TensorRT engines.
+
+    `bnwvad-export CHECKPOINT -o model.onnx` is short for `bnwvad-export onnx CHECKPOINT -o model.onnx`.
+    """
+
+
+@main.command("onnx")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.option("--preset", type=click.Choice(["ucf", "xd", "shanghaitech"]),
+              help="Dataset preset; needed for published state_dicts (they carry no config).")
+@click.option("--fp16", "fp16", is_flag=True, help="Mixed-precision graph: fp16 matmuls, fp32 where fp16 overflows.")
+@click.option("--int8", "int8", is_flag=True, help="Dynamic int8 weight quantisation (ONNX Runtime only).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (17..21, default 17).")
+@click.option("--no-verify", is_flag=True, help="Skip running the graph against PyTorch (not recommended).")
+@click.option("--external-data", is_flag=True, help="Store the weights in OUTPUT.data beside the graph.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device for folding and the reference.")
+@click.option("--trt", "trt_path", type=click.Path(dir_okay=False), help="Also build a TensorRT engine here.")
+@_with(_profile_options)
+def onnx_cmd(checkpoint, output, preset, fp16, int8, opset, no_verify, external_data, device, trt_path,
+             min_shape, opt_shape, max_shape, timing_cache, workspace):
+    """Export CHECKPOINT (ours, or a published state_dict with --preset) to a verified ONNX graph."""
+    if fp16 and int8:
+        raise click.UsageError("--fp16 and --int8 exclude each other: pick one precision")
+    if trt_path and int8:
+        raise click.UsageError("--trt needs an fp32 or --fp16 graph: TensorRT cannot run dynamic int8 ops")
+    try:
+        from .exporter import DEFAULT_OPSET, export_onnx
+
+        precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+        if trt_path:
+            from .trt_engine import require_tensorrt
+            require_tensorrt()        # fail before the export, not after it
+        report = export_onnx(checkpoint, output, preset=preset, precision=precision,
+                             opset=opset or DEFAULT_OPSET, verify=not no_verify, external_data=external_data,
+                             device=device, log=_echo)
+        if trt_path:
+            from .trt_engine import build_engine
+            build_engine(report.path, trt_path, profile=_profile(min_shape, opt_shape, max_shape,
+                                                                 report.metadata.get("crops")),
+                         timing_cache=timing_cache, workspace_gib=workspace, verify=not no_verify,
+                         reference=checkpoint, preset=preset, log=_echo)
+    except _errors() as e:
+        _fail(e)
+
+
+@main.command("engine")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Engine file to write.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="Verify against this PyTorch checkpoint (default: against the ONNX graph in ONNX Runtime).")
+@click.option("--preset", type=click.Choice(["ucf", "xd", "shanghaitech"]), help="Preset of --checkpoint.")
+@click.option("--no-verify", is_flag=True, help="Skip running the engine against the reference.")
+@click.option("--device", default="cuda", show_default=True, help="CUDA device to build and verify on.")
+@_with(_profile_options)
+def engine_cmd(onnx_file, output, checkpoint, preset, no_verify, device, min_shape, opt_shape, max_shape,
+               timing_cache, workspace):
+    """Build a TensorRT engine (strongly typed; fp16 from an --fp16 export) from ONNX_FILE."""
+    try:
+        from .metadata import read_metadata
+        from .trt_engine import build_engine
+
+        meta = read_metadata(onnx_file)
+        build_engine(onnx_file, output, profile=_profile(min_shape, opt_shape, max_shape, meta.get("crops")),
+                     timing_cache=timing_cache, workspace_gib=workspace, verify=not no_verify,
+                     reference=checkpoint, preset=preset, device=device, log=_echo)
+    except _errors() as e:
+        _fail(e)
+
+
+if __name__ == "__main__":
+    main()

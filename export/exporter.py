@@ -1,0 +1,201 @@
+"""export_onnx: checkpoint or model -> folded, verified ONNX file, written atomically."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+
+from bnwvad._version import __version__
+from bnwvad.checkpoint import CheckpointError, checkpoint_info, file_digest, load_model
+from bnwvad.config import get_preset
+from bnwvad.model import BNWVAD
+from bnwvad.tolerances import TOLERANCES, error
+
+from .fold import fold
+from .graph import MAX_OPSET, MIN_OPSET, OUTPUT_NAMES, build_graph
+from .metadata import build_metadata, set_metadata, weights_digest
+from .quantize import quantize_int8
+from .verify import TOLERANCE_FOR, VerificationError, VerificationReport, default_cases, ort_runner, verify_session
+
+DEFAULT_OPSET = 17
+PRECISIONS = ("fp32", "fp16", "int8")
+FRAMES_PER_SNIPPET = 16
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done as asked; nothing was written."""
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    data_path: Path | None          # the external-data file, when asked for
+    precision: str
+    opset: int
+    metadata: dict[str, Any]
+    verification: VerificationReport | None
+    fold_error: float               # folded vs original PyTorch model (rel_to_max), dry run
+    nodes: int
+    size_bytes: int
+    seconds: float
+
+    def summary(self) -> str:
+        size = self.size_bytes + (self.data_path.stat().st_size if self.data_path else 0)
+        lines = [f"wrote {self.path} ({size / 2**20:.1f} MiB, {self.precision}, opset {self.opset}, "
+                 f"{self.nodes} nodes) in {self.seconds:.1f} s"]
+        if self.verification is not None:
+            w = self.verification.worst()
+            lines.append(f"verified against PyTorch on {len(self.verification.cases)} cases "
+                         f"({self.verification.tolerance} <= {self.verification.limit:g}): "
+                         + ", ".join(f"{k} max rel {v.max_rel:.2e}" for k, v in w.items()))
+        else:
+            lines.append("not verified (--no-verify)")
+        return "\n".join(lines)
+
+
+def load_source(source, preset: str | None = None, device: str | torch.device = "cpu"):
+    """(model, info) from a checkpoint path or a BNWVAD model; info holds the metadata
+    fields that depend on where the model came from."""
+    if isinstance(source, BNWVAD):
+        if preset is not None:
+            get_preset(preset)
+        return source, {"source": None, "source_digest": None, "preset": preset}
+    if not isinstance(source, (str, os.PathLike)):
+        raise ExportError(f"source must be a checkpoint path or a bnwvad.model.BNWVAD, got {type(source).__name__}")
+    path = Path(source)
+    if preset is not None:
+        get_preset(preset)              # unknown names fail here, with the list
+    model = load_model(path, preset=preset, device=device)
+    info = checkpoint_info(path)
+    own = info.get("preset")
+    if own is not None and preset is not None and own != preset:
+        raise ExportError(f"{path}: the checkpoint was trained with preset {own!r}, but preset {preset!r} "
+                          f"was given; drop --preset or pass --preset {own}")
+    return model, {"source": path.name, "source_digest": info["digest"], "preset": preset or own}
+
+
+def _dry_run(model: BNWVAD, deploy, device) -> float:
+    """Folded vs original on a small padded batch: catches a wrong fold before any graph."""
+    g = torch.Generator().manual_seed(0)
+    d = model.config.feature_dim
+    x = (torch.rand(2, 2, 9, d, generator=g) * 2).to(device)
+    lengths = torch.tensor([9, 4], device=device)
+    with torch.no_grad():
+        ref, ours = model(x, lengths), deploy(x, lengths)
+    errs = [error(o[0].cpu().numpy(), r[0].cpu().numpy(), "rel_to_max") for o, r in zip(ours, ref)]
+    errs += [error(o[1, :4].cpu().numpy(), r[1, :4].cpu().numpy(), "rel_to_max") for o, r in zip(ours, ref)]
+    return max(errs)
+
+
+def export_onnx(source, out_path, *, preset: str | None = None, precision: str = "fp32",
+                opset: int = DEFAULT_OPSET, verify: bool = True, external_data: bool = False,
+                device: str | torch.device = "cpu", cases=None, graph_options: dict | None = None,
+                log: Callable[[str], None] | None = None) -> ExportReport:
+    """Export a checkpoint (ours, or a published state_dict with `preset`) or a BNWVAD model
+    to a folded-BN ONNX graph at `out_path`.
+
+    precision: "fp32", "fp16" (mixed: fp32 inputs/outputs, residual stream, LayerNorm,
+    softmax, head and DFM; fp16 matmuls) or "int8" (dynamic int8 weights). With `verify`
+    (default) the written file is run in ONNX Runtime against the unoptimised PyTorch model
+    on `cases` (default: `verify.default_cases`) and must meet the precision's tolerance in
+    bnwvad/tolerances.py; otherwise VerificationError is raised and nothing is left at
+    `out_path`. `external_data` stores the weights in `<out_path name>.data` beside it.
+    """
+    t0 = time.perf_counter()
+    say = log or (lambda _msg: None)
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise ExportError(f"opset {opset}: expected {MIN_OPSET}..{MAX_OPSET} (LayerNormalization needs 17)")
+    out = Path(out_path)
+    if out.is_dir():
+        raise ExportError(f"{out}: is a directory; expected the path of the .onnx file to write")
+
+    say(f"loading {source if not isinstance(source, BNWVAD) else 'model in memory'}")
+    model, info = load_source(source, preset, device)
+    model = model.eval()
+    cfg = model.config
+    crops = get_preset(info["preset"]).crops if info["preset"] else None
+    fps = get_preset(info["preset"]).frames_per_snippet if info["preset"] else FRAMES_PER_SNIPPET
+
+    say("folding BatchNorm statistics into the head (on a copy)")
+    deploy = fold(model)
+    fold_err = _dry_run(model, deploy, next(model.parameters()).device)
+    limit = TOLERANCES["fold"].limit
+    say(f"dry run: folded vs original max rel error {fold_err:.2e} (limit {limit:g})")
+    if not fold_err <= limit:
+        raise ExportError(f"folding changed the model's outputs: max rel error {fold_err:.3g} > {limit:g}")
+
+    options = dict(graph_options or {})
+    if precision == "int8":
+        # Dynamic int8 quantises each matmul input with one scale per tensor: rows scaled to
+        # max |x| = 1 first, so one outlier snippet cannot crush the others to zero.
+        options.setdefault("row_scale", True)
+    proto = build_graph(deploy.cpu(), opset=int(opset), precision="fp16" if precision == "fp16" else "fp32",
+                        options=options)
+    if precision == "int8":
+        say("quantising weight matmuls to int8 (dynamic)")
+        proto = quantize_int8(proto)
+    meta = build_metadata(config=cfg.to_dict(), preset=info["preset"], crops=crops, frames_per_snippet=fps,
+                          precision=precision, opset=int(opset), version=__version__,
+                          source=info["source"], source_digest=info["source_digest"],
+                          weights=weights_digest(model.state_dict()), graph_options=options)
+    set_metadata(proto, meta)
+    proto.producer_name, proto.producer_version = "bnwvad.export", __version__
+    proto.doc_string = ("BN-WVAD, BatchNorm folded: features (N, C, T, D) float32 + lengths (N,) int64 -> "
+                        "score, dfm, anomaly (N, T) float32, crop means; values past a length undefined.")
+    bn = [n.name for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    if bn:   # the fold is the point of the export: never ship a graph that still has BN
+        raise ExportError(f"internal error: BatchNormalization nodes left after folding: {bn}")
+    onnx.checker.check_model(proto, full_check=True)
+    say(f"graph: {len(proto.graph.node)} nodes, {precision}, opset {opset}; onnx.checker ok")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    data_name = out.name + ".data"
+    try:
+        tmp_model = tmpdir / out.name
+        if external_data:
+            onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+            onnx.checker.check_model(str(tmp_model), full_check=True)
+        else:
+            onnx.save_model(proto, tmp_model)
+        report = None
+        if verify:
+            tol = TOLERANCE_FOR[precision]
+            say(f"verifying the written graph in ONNX Runtime (CPU) against the PyTorch model "
+                f"({tol}: max |ours - ref| / max |ref| <= {TOLERANCES[tol].limit:g})")
+            run = ort_runner(tmp_model)
+            report = verify_session(run, model, precision, device=next(model.parameters()).device,
+                                    cases=cases if cases is not None else default_cases(cfg.feature_dim, crops),
+                                    log=log)
+            if not report.ok:
+                bad = [c for c in report.cases if not c.ok]
+                worst = {k: v.max_rel for k, v in report.worst().items()}
+                raise VerificationError(
+                    f"{out}: the {precision} graph does not reproduce the PyTorch model within {report.tolerance} "
+                    f"({report.limit:g}) on {len(bad)} case(s) ({', '.join(c.case for c in bad)}); worst rel "
+                    f"errors {', '.join(f'{k} {v:.3g}' for k, v in worst.items())}; nothing was written", report)
+        data_path = None
+        if external_data:
+            data_path = out.parent / data_name
+            os.replace(tmpdir / data_name, data_path)
+        os.replace(tmp_model, out)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    rep = ExportReport(out, data_path, precision, int(opset), meta, report, fold_err,
+                       len(proto.graph.node), out.stat().st_size, time.perf_counter() - t0)
+    say(rep.summary())
+    return rep
+
+
+__all__ = ["DEFAULT_OPSET", "ExportError", "ExportReport", "PRECISIONS", "export_onnx", "load_source"]

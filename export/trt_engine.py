@@ -1,0 +1,310 @@
+"""TensorRT engines from the exported ONNX graph (TensorRT 10 and 11).
+
+The network is strongly typed: tensor types come from the ONNX graph, so an fp16
+engine is built from the fp16 graph (its fp32 islands stay fp32) and an fp32 engine
+from the fp32 graph, with TF32 disabled. TensorRT 11 removed BuilderFlag.FP16 and weak
+typing altogether; on 10.x STRONGLY_TYPED is the same choice made explicitly, so one
+code path serves both. `tensorrt` is imported only when an engine is built or run.
+
+Files written (each atomically): the engine, `<engine>.json` (the ONNX metadata plus the
+profile, TensorRT version and device), and a timing cache reused by later builds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .graph import OUTPUT_NAMES
+from .metadata import read_metadata
+
+INSTALL_HINT = ("install TensorRT 10 or 11 for your CUDA version on a machine with an NVIDIA GPU: "
+                "`pip install 'bnwvad[tensorrt]'` (or `pip install tensorrt`), see "
+                "https://docs.nvidia.com/deeplearning/tensorrt/latest/installing-tensorrt/installing.html")
+TRT_TOLERANCE = {"fp32": "tensorrt_fp32", "fp16": "tensorrt_fp16"}
+
+
+class TensorRTError(RuntimeError):
+    """TensorRT missing, no GPU, or an engine that cannot be built as asked."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The optimisation profile over (N, C, T); D is fixed by the graph."""
+
+    min: tuple[int, int, int]
+    opt: tuple[int, int, int]
+    max: tuple[int, int, int]
+
+    @classmethod
+    def default(cls, crops: int | None) -> "Profile":
+        c = crops or 10
+        return cls((1, 1, 1), (1, c, 200), (4, c, 2048))
+
+    def validate(self) -> "Profile":
+        for name in ("min", "opt", "max"):
+            v = getattr(self, name)
+            if len(v) != 3 or any(int(x) < 1 for x in v):
+                raise TensorRTError(f"profile {name} {v}: expected three positive sizes N,C,T")
+        for i, dim in enumerate("NCT"):
+            if not self.min[i] <= self.opt[i] <= self.max[i]:
+                raise TensorRTError(f"profile for {dim}: expected min <= opt <= max, got "
+                                    f"{self.min[i]} / {self.opt[i]} / {self.max[i]}")
+        return self
+
+    def contains(self, n: int, c: int, t: int) -> bool:
+        return all(lo <= v <= hi for lo, v, hi in zip(self.min, (n, c, t), self.max))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"N": [self.min[0], self.opt[0], self.max[0]], "C": [self.min[1], self.opt[1], self.max[1]],
+                "T": [self.min[2], self.opt[2], self.max[2]]}
+
+
+@dataclass
+class EngineReport:
+    path: Path
+    sidecar: Path
+    timing_cache: Path
+    metadata: dict[str, Any]
+    verification: Any
+    seconds: float
+
+    def summary(self) -> str:
+        m = self.metadata
+        s = (f"wrote {self.path} ({self.path.stat().st_size / 2**20:.1f} MiB, TensorRT {m['tensorrt_version']}, "
+             f"{m['precision']}, profile {m['profile']}) in {self.seconds:.1f} s; metadata {self.sidecar.name}, "
+             f"timing cache {self.timing_cache}")
+        if self.verification is not None:
+            w = self.verification.worst()
+            s += ("\nverified on the GPU against "
+                  f"{m.get('verified_against', 'the reference')}: "
+                  + ", ".join(f"{k} max rel {v.max_rel:.2e}" for k, v in w.items()))
+        return s
+
+
+def require_tensorrt():
+    """The tensorrt module, or a TensorRTError that says what is missing and how to get it."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise TensorRTError(f"TensorRT is not installed (import tensorrt: {e}); {INSTALL_HINT}") from None
+    major = int(str(trt.__version__).split(".")[0])
+    if major < 10:
+        raise TensorRTError(f"TensorRT {trt.__version__} is too old: strongly typed fp16 builds need "
+                            f"TensorRT >= 10; {INSTALL_HINT}")
+    try:
+        import torch
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        raise TensorRTError(f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible "
+                            f"(torch.cuda.is_available() is False; a CPU-only torch build reads the same): "
+                            f"an engine must be built on the kind of GPU it will run on")
+    return trt
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def trt_runner(engine: bytes, device: str = "cuda"):
+    """A `run(features, lengths) -> [score, dfm, anomaly]` over a serialised engine (torch CUDA buffers)."""
+    trt = require_tensorrt()
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    eng = runtime.deserialize_cuda_engine(engine)
+    if eng is None:
+        raise TensorRTError("the engine cannot be deserialised on this GPU / TensorRT version")
+    ctx = eng.create_execution_context()
+    dev = torch.device(device)
+
+    def run(features: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(dev)
+        n = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64)).to(dev)
+        ctx.set_input_shape("features", tuple(x.shape))
+        ctx.set_input_shape("lengths", tuple(n.shape))
+        ctx.set_tensor_address("features", x.data_ptr())
+        ctx.set_tensor_address("lengths", n.data_ptr())
+        outs = []
+        for name in OUTPUT_NAMES:
+            o = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=torch.float32, device=dev)
+            ctx.set_tensor_address(name, o.data_ptr())
+            outs.append(o)
+        stream = torch.cuda.current_stream(dev)
+        if not ctx.execute_async_v3(stream.cuda_stream):
+            raise TensorRTError(f"TensorRT execution failed for input shape {tuple(x.shape)}")
+        stream.synchronize()
+        return [o.cpu().numpy() for o in outs]
+    run.engine = eng
+    return run
+
+
+def _engine_cases(feature_dim: int, crops: int | None, profile: Profile):
+    from .verify import Case, default_cases
+
+    cases = [c for c in default_cases(feature_dim, crops) if profile.contains(*c.features.shape[:3])]
+    n, c, t = profile.opt
+    rng = np.random.default_rng(1)
+    x = (rng.random((n, c, t, feature_dim), dtype=np.float32) * 2).astype(np.float32)
+    cases.append(Case(f"profile opt shape {n},{c},{t}", x, np.full(n, t, dtype=np.int64)))
+    return cases
+
+
+def build_engine(onnx_path, engine_path, *, profile: Profile | None = None, timing_cache=None,
+                 workspace_gib: float | None = None, verify: bool = True, reference=None,
+                 preset: str | None = None, device: str = "cuda",
+                 log: Callable[[str], None] | None = None) -> EngineReport:
+    """Build a TensorRT engine from a bnwvad ONNX export (fp32 or fp16 graph).
+
+    profile: min/opt/max over (N, C, T) (default: `Profile.default(crops)`).
+    timing_cache: file read before and written after the build (default `<engine>.timing.cache`).
+    verify: run the engine on the GPU on the verification cases that fit the profile and
+    compare with `reference` (a BNWVAD model or checkpoint path: the unoptimised PyTorch
+    model) or, without one, with the ONNX graph itself in ONNX Runtime; the tolerance is
+    tensorrt_fp32 / tensorrt_fp16 of bnwvad/tolerances.py. Nothing is written on failure.
+    """
+    say = log or (lambda _m: None)
+    t0 = time.perf_counter()
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if not onnx_path.is_file():
+        raise TensorRTError(f"{onnx_path}: no such ONNX file")
+    meta = read_metadata(onnx_path)
+    precision = meta["precision"]
+    if precision not in TRT_TOLERANCE:
+        raise TensorRTError(f"{onnx_path}: a {precision} graph cannot become a TensorRT engine (its dynamic "
+                            f"int8 ops are ONNX Runtime's); export with --fp16 or fp32 for TensorRT")
+    profile = (profile or Profile.default(meta.get("crops"))).validate()
+    cache_path = Path(timing_cache) if timing_cache else engine_path.with_name(engine_path.name + ".timing.cache")
+    trt = require_tensorrt()
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly is None:
+        raise TensorRTError(f"TensorRT {trt.__version__} has no STRONGLY_TYPED networks; {INSTALL_HINT}")
+    network = builder.create_network(1 << int(strongly))
+    parser = trt.OnnxParser(network, logger)
+    say(f"parsing {onnx_path} (TensorRT {trt.__version__}, strongly typed, {precision})")
+    if not parser.parse_from_file(str(onnx_path)):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise TensorRTError(f"{onnx_path}: TensorRT's ONNX parser failed: {errs}")
+    config = builder.create_builder_config()
+    if workspace_gib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)     # fp32 means fp32 (tolerance tensorrt_fp32)
+    d = int(meta["feature_dim"])
+    prof = builder.create_optimization_profile()
+    prof.set_shape("features", (*profile.min, d), (*profile.opt, d), (*profile.max, d))
+    prof.set_shape("lengths", (profile.min[0],), (profile.opt[0],), (profile.max[0],))
+    config.add_optimization_profile(prof)
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    say(f"building (profile N,C,T min {profile.min} opt {profile.opt} max {profile.max}"
+        f"{', reusing timing cache ' + str(cache_path) if cache_bytes else ''})")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TensorRTError(f"{onnx_path}: TensorRT could not build an engine for profile "
+                            f"{profile.to_dict()} (see the TensorRT log above)")
+    engine = bytes(serialized)
+
+    report = None
+    verified_against = None
+    if verify:
+        run = trt_runner(engine, device)
+        from .verify import verify_session
+        if reference is not None:
+            from .exporter import load_source
+            model, _ = load_source(reference, preset, device)
+            verified_against = "the PyTorch model"
+        else:
+            model = _OrtReference(onnx_path, d)
+            verified_against = "the ONNX graph in ONNX Runtime"
+        say(f"verifying the engine on {torch.cuda.get_device_name(torch.device(device))} against {verified_against}")
+        report = verify_session(run, model, precision, cases=_engine_cases(d, meta.get("crops"), profile),
+                                device=device if reference is not None else "cpu",
+                                tolerance=TRT_TOLERANCE[precision], log=log)
+        if not report.ok:
+            from .verify import VerificationError
+            raise VerificationError(f"{engine_path}: the engine does not match {verified_against} within "
+                                    f"{report.tolerance} ({report.limit:g}); nothing was written", report)
+
+    dev = torch.device(device)
+    major, minor = torch.cuda.get_device_capability(dev)
+    side = dict(meta)
+    side.update({
+        "tensorrt_version": str(trt.__version__),
+        "profile": profile.to_dict(),
+        "onnx_file": onnx_path.name,
+        "onnx_digest": "sha256:" + _file_sha256(onnx_path),
+        "engine_digest": _sha256(engine),
+        "device_name": torch.cuda.get_device_name(dev),
+        "compute_capability": f"{major}.{minor}",
+        "strongly_typed": True,
+        "tf32": False,
+        "timing_cache": cache_path.name,
+        "verified_against": verified_against,
+    })
+    sidecar = engine_path.with_name(engine_path.name + ".json")
+    _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+    _atomic_write(sidecar, json.dumps(side, indent=2, sort_keys=True).encode())
+    _atomic_write(engine_path, engine)
+    rep = EngineReport(engine_path, sidecar, cache_path, side, report, time.perf_counter() - t0)
+    say(rep.summary())
+    return rep
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _OrtReference:
+    """Quacks like the model for `verify_session`: the ONNX graph in ONNX Runtime (CPU)."""
+
+    def __init__(self, onnx_path: Path, feature_dim: int):
+        from .verify import ort_runner
+        self._run = ort_runner(onnx_path)
+        self.config = type("Cfg", (), {"feature_dim": feature_dim})()
+
+    def eval(self):
+        return self
+
+    def __call__(self, x, lengths=None):
+        import torch
+        n, _, t, _ = x.shape
+        lengths = lengths if lengths is not None else torch.full((n,), t, dtype=torch.int64)
+        outs = self._run(x.cpu().numpy(), lengths.cpu().numpy())
+        return tuple(torch.from_numpy(o) for o in outs)
+
+
+__all__ = ["EngineReport", "Profile", "TensorRTError", "build_engine", "require_tensorrt", "trt_runner"]

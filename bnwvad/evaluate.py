@@ -75,11 +75,11 @@ def dataset_files(dataset: str | None = None, *, root: str | os.PathLike | None 
                   snippets: str | os.PathLike | None = None) -> DatasetFiles:
     """Resolve a dataset's test files; explicit paths win over the layout's defaults.
 
-    Defaults, relative to `root` (required for ucf / xd / shanghaitech unless both the
-    list and the annotations are given; ``demo_data`` for demo): the list
-    ``list/<UCF|XD|SH>_Test.list``, the annotations ``<UCF|XD|SH>_Annotation.txt`` (or under
-    ``list/``) and, if present, ``test_snippets.csv``. Raises EvaluationError naming what
-    was looked for.
+    Defaults (``demo_data`` is the demo's root; ucf / xd / shanghaitech need `root` or an
+    explicit list): the list ``<root>/list/<UCF|XD|SH>_Test.list``; the annotations
+    ``<UCF|XD|SH>_Annotation.txt`` (or ``list/<...>``) under the root, else beside the list;
+    ``test_snippets.csv`` likewise, if present (T of each test video, checked against the
+    scores). Raises EvaluationError naming what was looked for.
     """
     if dataset is not None and dataset not in LAYOUTS:
         raise EvaluationError(f"unknown dataset {dataset!r}; expected one of {sorted(LAYOUTS)}")
@@ -104,12 +104,15 @@ def dataset_files(dataset: str | None = None, *, root: str | os.PathLike | None 
     if not lf.is_file():
         raise EvaluationError(f"{lf}: no such test list file")
 
+    # Defaults are looked for under the root, then beside the list (the published metadata
+    # keeps the list, annotations and test_snippets.csv in one folder).
+    dirs = list(dict.fromkeys([*([base] if base is not None else []), lf.parent]))
     if annotations is not None:
         ann = Path(annotations)
         if not ann.is_file():
             raise EvaluationError(f"{ann}: no such annotation file")
-    elif layout and base is not None:
-        tried = [base / a for a in layout.annotations]
+    elif layout:
+        tried = list(dict.fromkeys(d / a for d in dirs for a in layout.annotations))
         ann = next((p for p in tried if p.is_file()), None)
         if ann is None:
             raise EvaluationError(f"no annotation file: looked for {', '.join(map(str, tried))}; "
@@ -122,8 +125,9 @@ def dataset_files(dataset: str | None = None, *, root: str | os.PathLike | None 
         snip = Path(snippets)
         if not snip.is_file():
             raise EvaluationError(f"{snip}: no such snippet-count file")
-    elif layout and base is not None:
-        snip = next((base / s for s in layout.snippets if (base / s).is_file()), None)
+    else:
+        names = layout.snippets if layout else ("test_snippets.csv",)
+        snip = next((d / n for d in dirs for n in names if (d / n).is_file()), None)
     return DatasetFiles(dataset, base, lf, ann, snip, layout.preset if layout else None)
 
 

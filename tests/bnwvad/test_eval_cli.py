@@ -2,6 +2,7 @@
 files with XD-Violence names, a list file, an annotation file and a tiny checkpoint.
 The happy paths run the CLI as a subprocess; the many bad-input cases run it in-process
 (click's runner) to stay fast, with one subprocess check of the exit status and stderr."""
+import csv
 import json
 import re
 import shutil
@@ -244,3 +245,30 @@ def test_score_videos_takes_another_feature_loader(tree):
     out = score_videos(model, videos, progress=False, load=load)
     assert calls == [(v.name, TINY.feature_dim) for v in videos]
     assert all(s.anomaly.shape == (5,) for s in out.values())
+
+
+def test_scores_on_the_real_ucf_crime_metadata(datasets_dir, tmp_path, monkeypatch):
+    """Only the list is named: annotations and test_snippets.csv are found beside it, T is
+    checked against the CSV (no features needed), and the totals are the published ones."""
+    d = datasets_dir / "ucf-crime"
+    with open(d / "test_snippets.csv") as f:
+        rows = list(csv.DictReader(f))
+    sdir = tmp_path / "scores"
+    sdir.mkdir()
+    rng = np.random.default_rng(0)
+    for r in rows:
+        np.save(sdir / f"{r['video']}.npy", rng.random(int(r["snippets"])).astype(np.float32))
+    out = tmp_path / "ucf.json"
+    r = in_process(["--scores", sdir, "--dataset", "ucf", "--list", d / "UCF_Test.list", "--json", out],
+                   tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    assert (m["frames"], m["anomalous_frames"], m["videos"]) == (1_109_680, 84_128, 290)
+    assert m["annotations"] == str(d / "UCF_Annotation.txt")
+    assert len(m["per_class"]) == 13 and abs(m["auc"] - 0.5) < 0.02
+    bad = rows[5]["video"]
+    np.save(sdir / f"{bad}.npy", np.zeros(int(rows[5]["snippets"]) + 1, np.float32))
+    r = in_process(["--scores", sdir, "--dataset", "ucf", "--list", d / "UCF_Test.list"], tmp_path, monkeypatch)
+    assert r.exit_code != 0
+    assert f"video '{bad}': {int(rows[5]['snippets']) + 1} snippet scores; expected {rows[5]['snippets']}" \
+        in r.output

@@ -272,3 +272,13 @@ def test_scores_on_the_real_ucf_crime_metadata(datasets_dir, tmp_path, monkeypat
     assert r.exit_code != 0
     assert f"video '{bad}': {int(rows[5]['snippets']) + 1} snippet scores; expected {rows[5]['snippets']}" \
         in r.output
+
+
+def test_evaluate_dataset_glue(tree):
+    from bnwvad.evaluate import evaluate_dataset
+    root = tree / "demo_data"
+    model = build_model(TINY)
+    res = evaluate_dataset(model, root / "list" / "XD_Test.list", root / "XD_Annotation.txt", root=root,
+                           device="cpu", progress=False)
+    assert res.metrics["frames"] == 16 * 38 and [v.name for v in res.test_set.videos] == [n for n, _, _ in VIDEOS]
+    assert res.scores[VIDEOS[0][0]].score.shape == (12,)

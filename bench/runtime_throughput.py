@@ -1,12 +1,13 @@
 """Throughput of bnwvad.runtime's batching against scoring videos one by one, and peak memory.
 
-    .venv/bin/python bench/runtime_throughput.py --model xd.onnx [--every 4] [--rounds 4]
+    .venv/bin/python bench/runtime_throughput.py --model xd.onnx [--every 4] [--json out.json]
 
 Videos have the lengths of XD-Violence's 800 test videos (test_snippets.csv), 5 crops,
 random stand-in features of the model's D. Both modes score the same videos in the same
-process, alternating: the (optionally subsampled) set is dealt into `rounds` groups of
-similar length mix, and each group is scored batched then one-by-one (or the reverse, every
-other round), so load from other processes on a shared machine hits both modes alike.
+process, interleaved: every call of the batched plan is timed beside the same videos
+scored one by one, the order alternating from call to call, so load from other processes
+on a shared machine hits both modes alike. Ratios are also given by the length of a call's
+longest video.
 
 - batched: Scorer(runner) with its defaults (sorted by length, up to 32 videos per call,
   min_fill 0.75, default memory budget);
@@ -38,6 +39,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BNWVAD_SHARED", REPO.parent / "shared"))
+BUCKETS = (64, 256, 1024, 1 << 30)          # report ratios by the longest video of a call
 
 
 def read_lengths(csv_path: Path) -> list[tuple[str, int]]:
@@ -118,9 +120,12 @@ def main(argv=None) -> int:
     ap.add_argument("--crops", type=int, default=5)
     ap.add_argument("--every", type=int, default=1,
                     help="keep every k-th video of the length-sorted list (deterministic subsample)")
-    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds (groups of videos)")
+    ap.add_argument("--max-length", type=int, default=None,
+                    help="keep only videos of at most this many snippets (e.g. 128: the shorter half)")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-rows", default="auto", help="Scorer max_rows: auto, none or an integer")
+    ap.add_argument("--min-fill", type=float, default=0.75)
     ap.add_argument("--no-arena", action="store_true", help="disable ONNX Runtime's CPU memory arena")
     ap.add_argument("--json", type=Path, help="write the results here too")
     args = ap.parse_args(argv)
@@ -136,32 +141,51 @@ def main(argv=None) -> int:
     runner = load_runner(args.model, "ort-cpu", threads=args.threads, arena=not args.no_arena)
     d = runner.meta.feature_dim
     videos = read_lengths(args.csv)
-    order = sorted(range(len(videos)), key=lambda i: (videos[i][1], i))
+    order = sorted((i for i in range(len(videos)) if args.max_length is None or videos[i][1] <= args.max_length),
+                   key=lambda i: (videos[i][1], i))
     kept = sorted(order[:: args.every])                              # back to CSV order
     t_max = max(videos[i][1] for i in kept)
     rng = np.random.default_rng(0)
     pool = rng.standard_normal((args.crops, t_max + 256, d), dtype=np.float32)
     sources = [PoolVideo(videos[i][0], videos[i][1], args.crops, pool, int(rng.integers(0, 257)))
                for i in kept]
-    # Deal the length-sorted set round-robin into rounds: each round has the same length mix.
-    by_len = sorted(range(len(sources)), key=lambda j: (sources[j].length, j))
-    rounds = [[sources[j] for j in by_len[r:: args.rounds]] for r in range(args.rounds)]
-
-    batched = Scorer(runner, max_batch=args.batch_size)
+    max_rows = None if args.max_rows == "none" else args.max_rows if args.max_rows == "auto" else int(args.max_rows)
+    batched = Scorer(runner, max_batch=args.batch_size, max_rows=max_rows, min_fill=args.min_fill)
     single = Scorer(runner, max_batch=1)
     warm = [PoolVideo("warm", 64, args.crops, pool, 0)]
     for s in (batched, single):
         list(s.iter_results(warm))
+    for s in (batched, single):
+        s.stats = dict.fromkeys(s.stats, 0)
 
+    # The batched mode's own plan gives the groups: each group is one batched call, timed
+    # beside its videos scored one by one, the order alternating from group to group, so
+    # load drifting on a shared machine hits both modes alike (paired, fine-grained).
+    plan = plan_calls([v.length for v in sources], [v.crops for v in sources], runner.meta,
+                      budget=batched.memory_budget, max_batch=args.batch_size,
+                      max_rows=batched.max_rows, min_fill=args.min_fill)
+    groups: list[list[int]] = []
+    for call in plan.calls:                  # a video split in crop chunks stays one group
+        if groups and set(call.videos) & set(groups[-1]):
+            continue
+        groups.append(list(call.videos))
     can_reset = reset_hwm()
     totals = {"batched": 0.0, "one_by_one": 0.0}
     peaks = {"batched": 0, "one_by_one": 0}
-    per_round = []
-    for r, group in enumerate(rounds):
+    buckets: dict[str, dict] = {}
+    t_start = time.perf_counter()
+    for k, idx in enumerate(groups):
+        group = [sources[i] for i in idx]
         modes = [("batched", batched), ("one_by_one", single)]
-        if r % 2:
+        if k % 2:
             modes.reverse()
-        row = {"round": r, "videos": len(group), "snippets": sum(v.length for v in group)}
+        longest = max(v.length for v in group)
+        label = next(f"T<={hi}" for hi in BUCKETS if longest <= hi)
+        row = buckets.setdefault(label, {"videos": 0, "snippets": 0, "batched_calls": 0,
+                                         "batched_s": 0.0, "one_by_one_s": 0.0})
+        row["videos"] += len(group)
+        row["snippets"] += sum(v.length for v in group)
+        row["batched_calls"] += 1
         for mode, scorer in modes:
             if can_reset:
                 reset_hwm()
@@ -172,20 +196,25 @@ def main(argv=None) -> int:
             assert n == len(group), f"{mode}: only {n} of {len(group)} videos scored"
             peaks[mode] = max(peaks[mode], vm_hwm() if can_reset else sampler.peak)
             totals[mode] += dt
-            row[mode + "_s"] = round(dt, 3)
+            row[mode + "_s"] += dt
+        if (k + 1) % 20 == 0:
+            print(f"{k + 1}/{len(groups)} groups, {time.perf_counter() - t_start:.0f} s, ratio so far "
+                  f"{totals['one_by_one'] / totals['batched']:.3f}", flush=True)
+    for label in sorted(buckets, key=lambda s: int(s[3:])):
+        row = buckets[label]
         row["ratio"] = round(row["one_by_one_s"] / row["batched_s"], 3)
-        per_round.append(row)
-        print(f"round {r}: {row['videos']} videos, {row['snippets']} snippets: batched "
-              f"{row['batched_s']:.2f} s, one by one {row['one_by_one_s']:.2f} s, ratio {row['ratio']:.2f}",
-              flush=True)
+        row["batched_s"], row["one_by_one_s"] = round(row["batched_s"], 3), round(row["one_by_one_s"], 3)
+        print(f"{label:>8}: {row['videos']:4d} videos {row['snippets']:7d} snippets in {row['batched_calls']:4d} "
+              f"calls: batched {row['batched_s']:8.2f} s, one by one {row['one_by_one_s']:8.2f} s, "
+              f"ratio {row['ratio']:.3f}", flush=True)
     snippets = sum(v.length for v in sources)
-    plan = plan_calls([v.length for v in sources], [v.crops for v in sources], runner.meta,
-                      budget=batched.memory_budget, max_batch=args.batch_size)
     largest = max(c.bytes for c in plan.calls)
     result = {
         "model": str(args.model), "backend": runner.describe(), "threads": args.threads,
-        "arena": not args.no_arena, "videos": len(sources), "every": args.every,
-        "crops": args.crops, "feature_dim": d, "snippets": snippets, "rounds": per_round,
+        "arena": not args.no_arena, "max_rows": batched.max_rows, "min_fill": args.min_fill,
+        "max_batch": args.batch_size, "videos": len(sources), "every": args.every, "max_length": args.max_length,
+        "crops": args.crops, "feature_dim": d, "snippets": snippets,
+        "by_length": {k: buckets[k] for k in sorted(buckets, key=lambda s: int(s[3:]))},
         "batched_s": round(totals["batched"], 3), "one_by_one_s": round(totals["one_by_one"], 3),
         "ratio": round(totals["one_by_one"] / totals["batched"], 3),
         "batched_videos_per_s": round(len(sources) / totals["batched"], 2),
@@ -204,7 +233,7 @@ def main(argv=None) -> int:
         "memory_budget_mib": round(batched.memory_budget / 2**20, 1),
         "cpu_count": os.cpu_count(),
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "by_length"}, indent=2))
     if args.json:
         save_json(args.json, result)
     if tmp is not None:

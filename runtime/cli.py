@@ -74,6 +74,9 @@ def _fail(msg: str) -> None:
 @click.option("--any-crops", is_flag=True, help="Accept videos with any number of crops (averaged).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most videos per runner call.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=None,
+              help="Most N*C*T rows per call (default: 2048 on CPU, where larger calls stop paying; "
+                   "unbounded on GPUs).")
 @click.option("--memory-budget", callback=_budget, default=None,
               help="Working memory per call, e.g. 2GiB (default: half of the available RAM, or of "
                    "free GPU memory on CUDA backends).")
@@ -91,7 +94,7 @@ def _fail(msg: str) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-video lines.")
 @click.pass_context
 def main(ctx, features, model, out, backend, strict, threads, device_id, sidecar, root, layout,
-         crops_from_names, crops, any_crops, batch_size, memory_budget, threshold, calibrate,
+         crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget, threshold, calibrate,
          false_alarm_rate, fps, min_event_snippets, plot, quiet):
     """Score video features with an exported BN-WVAD model (ONNX Runtime or TensorRT, no torch)."""
     from .events import calibrate_threshold, find_events
@@ -117,7 +120,8 @@ def main(ctx, features, model, out, backend, strict, threads, device_id, sidecar
         _warn(str(w.message))
     meta = runner.meta
     want = None if any_crops else (crops or meta.crops)
-    scorer = Scorer(runner, memory_budget=memory_budget, max_batch=batch_size, crops=want)
+    scorer = Scorer(runner, memory_budget=memory_budget, max_batch=batch_size,
+                    max_rows=max_rows or "auto", crops=want)
     if not quiet:
         click.echo(f"model {model} ({meta.describe()}); backend {runner.describe()}; "
                    f"memory budget {human_bytes(scorer.memory_budget)}", err=True)

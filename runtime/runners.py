@@ -302,9 +302,13 @@ class TensorRTRunner(Runner):
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
+            # The sidecar says what the engine was built with: name the mismatch if there is one.
+            built = self.meta.raw.get("tensorrt_version")
+            where = self.meta.raw.get("device_name")
+            hint = (f"; it was built with TensorRT {built}" if built else "") + (f" on {where}" if where else "")
             raise ModelLoadError(f"{self.path}: TensorRT {trt.__version__} could not deserialize the "
-                                 f"engine (built by another TensorRT version, for another GPU, or not "
-                                 f"an engine). Fix: rebuild it on this machine with bnwvad-export")
+                                 f"engine{hint} (engines are tied to one TensorRT version and GPU "
+                                 f"model). Fix: rebuild it on this machine with `bnwvad-export engine`")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

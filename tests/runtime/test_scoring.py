@@ -167,3 +167,12 @@ def test_real_model_crop_chunks_equal_the_whole(xd_runner, reference_dir):
     assert split.calls == 3
     for k in ("score", "dfm", "anomaly"):
         assert check("padding", getattr(split, k), getattr(whole, k))[1]
+
+
+def test_max_rows_caps_a_call_but_never_splits_a_video(runner):
+    plan = plan_calls(LENGTHS, [3] * len(LENGTHS), runner.meta, budget=1 << 40, max_batch=32,
+                      min_fill=0.0, max_rows=100)
+    for call in plan.calls:
+        assert len(call.videos) == 1 or len(call.videos) * 3 * call.length <= 100
+    assert sorted(i for c in plan.calls for i in c.videos) == list(range(len(LENGTHS)))
+    assert Scorer(runner).max_rows == 2048 and Scorer(runner, max_rows=None).max_rows is None

@@ -56,6 +56,10 @@ def test_truncated_file(tmp_path, reference_dir):
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty"):
         load_model(empty, preset="xd")
+    junk = tmp_path / "notes.txt"
+    junk.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"notes\.txt: not a PyTorch checkpoint"):
+        load_model(junk, preset="xd")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_model(tmp_path / "missing.pt")
 

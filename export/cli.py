@@ -48,12 +48,17 @@ def _shape(value: str | None, name: str):
     return parts
 
 
-def _profile(min_shape, opt_shape, max_shape, crops):
+def _profile(shapes, crops):
+    """shapes: the parsed (min, opt, max), each None for the default of that bound."""
     from .trt_engine import Profile
 
     d = Profile.default(crops)
-    return Profile(_shape(min_shape, "--min-shape") or d.min, _shape(opt_shape, "--opt-shape") or d.opt,
-                   _shape(max_shape, "--max-shape") or d.max)
+    lo, opt, hi = shapes
+    return Profile(lo or d.min, opt or d.opt, hi or d.max)
+
+
+def _shapes(min_shape, opt_shape, max_shape):
+    return (_shape(min_shape, "--min-shape"), _shape(opt_shape, "--opt-shape"), _shape(max_shape, "--max-shape"))
 
 
 def _errors():
@@ -117,6 +122,7 @@ def onnx_cmd(checkpoint, output, preset, fp16, int8, opset, no_verify, external_
         raise click.UsageError("--fp16 and --int8 exclude each other: pick one precision")
     if trt_path and int8:
         raise click.UsageError("--trt needs an fp32 or --fp16 graph: TensorRT cannot run dynamic int8 ops")
+    shapes = _shapes(min_shape, opt_shape, max_shape)
     try:
         from .exporter import DEFAULT_OPSET, export_onnx
 
@@ -129,8 +135,7 @@ def onnx_cmd(checkpoint, output, preset, fp16, int8, opset, no_verify, external_
                              device=device, log=_echo)
         if trt_path:
             from .trt_engine import build_engine
-            build_engine(report.path, trt_path, profile=_profile(min_shape, opt_shape, max_shape,
-                                                                 report.metadata.get("crops")),
+            build_engine(report.path, trt_path, profile=_profile(shapes, report.metadata.get("crops")),
                          timing_cache=timing_cache, workspace_gib=workspace, verify=not no_verify,
                          reference=checkpoint, preset=preset, log=_echo)
     except _errors() as e:
@@ -149,12 +154,13 @@ def onnx_cmd(checkpoint, output, preset, fp16, int8, opset, no_verify, external_
 def engine_cmd(onnx_file, output, checkpoint, preset, no_verify, device, min_shape, opt_shape, max_shape,
                timing_cache, workspace):
     """Build a TensorRT engine (strongly typed; fp16 from an --fp16 export) from ONNX_FILE."""
+    shapes = _shapes(min_shape, opt_shape, max_shape)
     try:
         from .metadata import read_metadata
         from .trt_engine import build_engine
 
         meta = read_metadata(onnx_file)
-        build_engine(onnx_file, output, profile=_profile(min_shape, opt_shape, max_shape, meta.get("crops")),
+        build_engine(onnx_file, output, profile=_profile(shapes, meta.get("crops")),
                      timing_cache=timing_cache, workspace_gib=workspace, verify=not no_verify,
                      reference=checkpoint, preset=preset, device=device, log=_echo)
     except _errors() as e:

@@ -9,21 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import onnx
 import torch
 
 from bnwvad._version import __version__
-from bnwvad.checkpoint import CheckpointError, checkpoint_info, file_digest, load_model
+from bnwvad.checkpoint import checkpoint_info, load_model
 from bnwvad.config import get_preset
 from bnwvad.model import BNWVAD
 from bnwvad.tolerances import TOLERANCES, error
 
 from .fold import fold
-from .graph import MAX_OPSET, MIN_OPSET, OUTPUT_NAMES, build_graph
+from .graph import MAX_OPSET, MIN_OPSET, build_graph
 from .metadata import build_metadata, set_metadata, weights_digest
 from .quantize import quantize_int8
-from .verify import TOLERANCE_FOR, VerificationError, VerificationReport, default_cases, ort_runner, verify_session
+from .verify import (TOLERANCE_FOR, VerificationError, VerificationReport, default_cases, fp16_arithmetic_cases,
+                     ort_runner, reference_runner, verify_session)
 
 DEFAULT_OPSET = 17
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -42,6 +42,7 @@ class ExportReport:
     opset: int
     metadata: dict[str, Any]
     verification: VerificationReport | None
+    fp16_arithmetic: VerificationReport | None      # fp16 only: true fp16 ops (onnx.reference)
     fold_error: float               # folded vs original PyTorch model (rel_to_max), dry run
     nodes: int
     size_bytes: int
@@ -58,6 +59,10 @@ class ExportReport:
                          + ", ".join(f"{k} max rel {v.max_rel:.2e}" for k, v in w.items()))
         else:
             lines.append("not verified (--no-verify)")
+        if self.fp16_arithmetic is not None:
+            w = self.fp16_arithmetic.worst()
+            lines.append(f"true fp16 arithmetic on {len(self.fp16_arithmetic.cases)} cases: "
+                         + ", ".join(f"{k} max rel {v.max_rel:.2e}" for k, v in w.items()))
         return "\n".join(lines)
 
 
@@ -93,6 +98,17 @@ def _dry_run(model: BNWVAD, deploy, device) -> float:
     errs = [error(o[0].cpu().numpy(), r[0].cpu().numpy(), "rel_to_max") for o, r in zip(ours, ref)]
     errs += [error(o[1, :4].cpu().numpy(), r[1, :4].cpu().numpy(), "rel_to_max") for o, r in zip(ours, ref)]
     return max(errs)
+
+
+def _raise_unless_ok(report: VerificationReport, out: Path, precision: str, backend: str) -> None:
+    if report.ok:
+        return
+    bad = [c for c in report.cases if not c.ok]
+    worst = {k: v.max_rel for k, v in report.worst().items()}
+    raise VerificationError(
+        f"{out}: the {precision} graph ({backend}) does not reproduce the PyTorch model within "
+        f"{report.tolerance} ({report.limit:g}) on {len(bad)} case(s) ({', '.join(c.case for c in bad)}); "
+        f"worst rel errors {', '.join(f'{k} {v:.3g}' for k, v in worst.items())}; nothing was written", report)
 
 
 def export_onnx(source, out_path, *, preset: str | None = None, precision: str = "fp32",
@@ -169,7 +185,7 @@ def export_onnx(source, out_path, *, preset: str | None = None, precision: str =
             onnx.checker.check_model(str(tmp_model), full_check=True)
         else:
             onnx.save_model(proto, tmp_model)
-        report = None
+        report = fp16_report = None
         if verify:
             tol = TOLERANCE_FOR[precision]
             say(f"verifying the written graph in ONNX Runtime (CPU) against the PyTorch model "
@@ -178,13 +194,14 @@ def export_onnx(source, out_path, *, preset: str | None = None, precision: str =
             report = verify_session(run, model, precision, device=next(model.parameters()).device,
                                     cases=cases if cases is not None else default_cases(cfg.feature_dim, crops),
                                     log=log)
-            if not report.ok:
-                bad = [c for c in report.cases if not c.ok]
-                worst = {k: v.max_rel for k, v in report.worst().items()}
-                raise VerificationError(
-                    f"{out}: the {precision} graph does not reproduce the PyTorch model within {report.tolerance} "
-                    f"({report.limit:g}) on {len(bad)} case(s) ({', '.join(c.case for c in bad)}); worst rel "
-                    f"errors {', '.join(f'{k} {v:.3g}' for k, v in worst.items())}; nothing was written", report)
+            _raise_unless_ok(report, out, precision, "ONNX Runtime")
+            if precision == "fp16":
+                say("verifying true fp16 arithmetic (onnx.reference: fp16 tensors stay fp16; ONNX Runtime's "
+                    "CPU provider computes many fp16 ops in fp32)")
+                fp16_report = verify_session(reference_runner(tmp_model), model, precision, log=log,
+                                             device=next(model.parameters()).device,
+                                             cases=fp16_arithmetic_cases(cfg.feature_dim))
+                _raise_unless_ok(fp16_report, out, precision, "fp16 arithmetic (onnx.reference)")
         data_path = None
         if external_data:
             data_path = out.parent / data_name
@@ -192,7 +209,7 @@ def export_onnx(source, out_path, *, preset: str | None = None, precision: str =
         os.replace(tmp_model, out)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-    rep = ExportReport(out, data_path, precision, int(opset), meta, report, fold_err,
+    rep = ExportReport(out, data_path, precision, int(opset), meta, report, fp16_report, fold_err,
                        len(proto.graph.node), out.stat().st_size, time.perf_counter() - t0)
     say(rep.summary())
     return rep

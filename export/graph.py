@@ -250,10 +250,10 @@ class _Emitter:
         x = b.op("Add", [x, self.from_island(att)], f"{p}.residual1")
 
         y = self.to_island(self.layer_norm(x, blk.ln2_w, blk.ln2_b, blk.ln2_eps, f"{p}.ff_norm"))
-        f = b.op("Add", [b.op("MatMul", [y, self.w(f"{p}.fc1_w", blk.fc1_w)]),
+        f = b.op("Add", [b.op("MatMul", [y, self.w(f"{p}.fc1_w", blk.fc1_w)], f"{p}.fc1_matmul"),
                          self.w(f"{p}.fc1_b", blk.fc1_b)], f"{p}.fc1")
         f = self.gelu(f, p)
-        f = b.op("Add", [b.op("MatMul", [f, self.w(f"{p}.fc2_w", blk.fc2_w)]),
+        f = b.op("Add", [b.op("MatMul", [f, self.w(f"{p}.fc2_w", blk.fc2_w)], f"{p}.fc2_matmul"),
                          self.w(f"{p}.fc2_b", blk.fc2_b)], f"{p}.fc2")
         return b.op("Add", [x, self.from_island(f)], f"{p}.residual2")
 
@@ -275,14 +275,14 @@ class _Emitter:
         a, dfm = x, None
         for i, layer in enumerate(self.m.head_layers):
             p = f"head{i}"
-            z = b.op("Add", [b.op("MatMul", [a, self.w(f"{p}.w", layer.weight, island=False)]),
+            z = b.op("Add", [b.op("MatMul", [a, self.w(f"{p}.w", layer.weight, island=False)], f"{p}.matmul"),
                              self.w(f"{p}.b", layer.bias, island=False)], f"{p}.z")    # (B, T, C_l)
             d = self.divergence(z, layer, p)
             dfm = d if dfm is None else b.op("Add", [dfm, d])
             bn = b.op("Add", [b.op("Mul", [z, self.w(f"{p}.scale", layer.scale, island=False)]),
                               self.w(f"{p}.shift", layer.shift, island=False)], f"{p}.bn")
             a = b.op("Relu", [bn], f"{p}.act")
-        logit = b.op("Add", [b.op("MatMul", [a, self.w("out.w", self.m.out_w, island=False)]),
+        logit = b.op("Add", [b.op("MatMul", [a, self.w("out.w", self.m.out_w, island=False)], "out.matmul"),
                              self.w("out.b", self.m.out_b, island=False)])            # (B, T, 1)
         score = b.op("Sigmoid", [b.op("Squeeze", [logit, b.const([-1], np.int64)])], "score_rows")
         dfm = b.op("Identity", [dfm], "dfm_rows")
@@ -296,7 +296,7 @@ class _Emitter:
         if self.cfg.distance != "cosine":
             return norm                                                                # (B, T)
         mu = layer.mean.detach().cpu().numpy().astype(np.float32)
-        dot = b.op("Squeeze", [b.op("MatMul", [z, b.init(f"{p}.mean", mu[:, None].copy())]),
+        dot = b.op("Squeeze", [b.op("MatMul", [z, b.init(f"{p}.mean", mu[:, None].copy())], f"{p}.dot_mean"),
                                b.const([-1], np.int64)])
         den = b.op("Mul", [b.op("Max", [norm, b.const(COSINE_EPS, np.float32)]),
                            b.const(max(float(np.linalg.norm(mu.astype(np.float64))), COSINE_EPS), np.float32)])

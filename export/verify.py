@@ -135,6 +135,40 @@ def default_cases(feature_dim: int, crops: int | None = None, seed: int = 0) -> 
     return cases
 
 
+def fp16_arithmetic_cases(feature_dim: int, seed: int = 0) -> list[Case]:
+    """Small cases for `reference_runner` (numpy evaluates fp16 ops slowly): random,
+    padded, sum z^2 > 65504 with every value inside fp16's range, and a 1e5 burst."""
+    rng = np.random.default_rng(seed)
+    d = feature_dim
+
+    def rand(n, c, t, scale=2.0):
+        return (rng.random((n, c, t, d), dtype=np.float32) * scale).astype(np.float32)
+    x = rand(2, 2, 10)
+    x[1, :, 3:] = 0.0
+    burst = rand(1, 1, 12)
+    burst[:, :, 4:7] *= 1e5
+    return [
+        Case("fp16 arithmetic: padded batch", x, np.array([10, 3], np.int64)),
+        Case("fp16 arithmetic: sum z^2 > 65504", rand(1, 1, 12, scale=40.0), np.array([12], np.int64)),
+        Case("fp16 arithmetic: features ~1e5", burst, np.array([12], np.int64)),
+    ]
+
+
+def reference_runner(path):
+    """A `run(features, lengths)` on onnx.reference: every op computed in its tensors' own
+    dtype, so fp16 tensors really are fp16 (ONNX Runtime's CPU provider runs many fp16
+    ops in fp32 and drops lossy cast pairs, which hides fp16 overflow)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    ev = ReferenceEvaluator(onnx.load(str(path)))
+
+    def run(features: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return ev.run(list(OUTPUT_NAMES), {"features": features, "lengths": lengths})
+    return run
+
+
 def _reference(model: BNWVAD, case: Case, device) -> list[np.ndarray]:
     """Per-output arrays (N, T) of the unoptimised model; NaN past each length."""
     n, _, t, _ = case.features.shape
@@ -216,4 +250,5 @@ def ort_runner(path_or_bytes, threads: int | None = None):
 
 
 __all__ = ["Case", "CaseResult", "OutputError", "TOLERANCE_FOR", "VerificationError",
-           "VerificationReport", "compare", "default_cases", "ort_runner", "verify_session"]
+           "VerificationReport", "compare", "default_cases", "fp16_arithmetic_cases", "ort_runner",
+           "reference_runner", "verify_session"]

@@ -105,6 +105,23 @@ class PeakSampler:
         self._t.join()
 
 
+def probe_one(model: Path, n: int, t: int, crops: int) -> dict:
+    """Peak RSS growth of one call (N, crops, T) with the arena off, beside the estimate.
+    Run in a fresh process per shape (--probe), so earlier calls' freed memory is not reused."""
+    from bnwvad.runtime import estimate_bytes, load_runner
+
+    r = load_runner(model, "ort-cpu", arena=False)
+    d = r.meta.feature_dim
+    f = np.random.default_rng(0).standard_normal((n, crops, t, d), dtype=np.float32)
+    r.run(f[:, :, :8], np.full(n, min(8, t)))              # session warm-up, small
+    base = vm_rss()
+    if not reset_hwm():
+        raise SystemExit("--probe needs a writable /proc/self/clear_refs")
+    r.run(f, np.full(n, t))
+    return {"N": n, "T": t, "C": crops, "measured_mib": round((vm_hwm() - base) / 2**20, 1),
+            "estimate_mib": round(estimate_bytes(n * crops, t, r.meta) / 2**20, 1)}
+
+
 def export_published(out: Path) -> Path:
     code = ("import sys; from bnwvad.export import export_onnx; "
             "export_onnx(sys.argv[1], sys.argv[2], preset='xd', precision='fp32')")
@@ -128,7 +145,13 @@ def main(argv=None) -> int:
     ap.add_argument("--min-fill", type=float, default=0.75)
     ap.add_argument("--no-arena", action="store_true", help="disable ONNX Runtime's CPU memory arena")
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--probe", action="append", default=[], metavar="NxT",
+                    help="also measure one call's peak memory against the estimate (repeatable)")
+    ap.add_argument("--probe-one", nargs=2, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.probe_one:
+        print(json.dumps(probe_one(args.model, *args.probe_one, args.crops)))
+        return 0
 
     from bnwvad.runtime import Scorer, load_runner, plan_calls
     from bnwvad.runtime.io import save_json
@@ -233,6 +256,15 @@ def main(argv=None) -> int:
         "memory_budget_mib": round(batched.memory_budget / 2**20, 1),
         "cpu_count": os.cpu_count(),
     }
+    probes = []
+    for spec in args.probe:
+        n, t = (int(x) for x in spec.lower().split("x"))
+        out = subprocess.run([sys.executable, __file__, "--model", str(args.model), "--crops", str(args.crops),
+                              "--probe-one", str(n), str(t)], capture_output=True, text=True, check=True)
+        probes.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"probe N={n} T={t}: measured {probes[-1]['measured_mib']} MiB, "
+              f"estimated {probes[-1]['estimate_mib']} MiB", flush=True)
+    result["memory_probes"] = probes
     print(json.dumps({k: v for k, v in result.items() if k != "by_length"}, indent=2))
     if args.json:
         save_json(args.json, result)

@@ -75,7 +75,7 @@ def _fail(msg: str) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most videos per runner call.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None,
-              help="Most N*C*T rows per call (default: 2048 on CPU, where larger calls stop paying; "
+              help="Most N*C*T rows per call (default: 1024 on CPU, where larger calls stop paying; "
                    "unbounded on GPUs).")
 @click.option("--memory-budget", callback=_budget, default=None,
               help="Working memory per call, e.g. 2GiB (default: half of the available RAM, or of "

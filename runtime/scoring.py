@@ -26,20 +26,24 @@ from .metadata import OUTPUTS, ModelMeta
 from .runners import Runner
 from .validate import ShapeLimits
 
-# Attention-sized float32 (T, T) matrices alive at once per row and head: scores, softmax
-# output, and one more for the fused kernels' temporaries (measured on ONNX Runtime CPU
-# against ru_maxrss, see bench/runtime_throughput.py).
-ATTN_COPIES = 3
-# Per-row (T, .) activations in units of embed_dim, besides the input's D: q, k, v, t (4E),
-# the concatenated heads (2E), residual, LayerNorm and feed-forward buffers (~6E).
-ACT_WIDTH_E = 12
+# The working-set model, fitted to the exported published model on ONNX Runtime CPU (peak
+# RSS over the call, arena off; bench/runtime_throughput.py has the probe): per row, 1.75
+# attention-sized (T, T) float32 matrices per head (scores and softmax, not all heads alive
+# at once) plus 2 for the temporal kernel and G, and (T, 15 E + 3 D) activations (q, k, v, t,
+# the concatenated heads, residual, LayerNorm and feed-forward buffers, the input and its
+# padded copy). Measured vs estimated: (N, T) = (1, 2074) 952 vs 1163 MiB, (1, 1000) 357 vs
+# 377, (4, 256) 249 vs 255, (16, 64) 218 vs 221. ORT's arena rounds blocks up, and CUDA
+# kernels differ: hence a budget of half the free memory by default.
+ATTN_COPIES = 1.75
+ACT_WIDTH_E = 15
 DEFAULT_BUDGET_FRACTION = 0.5
 FALLBACK_BUDGET = 4 << 30
-# Rows (N * C * padded T) per call beyond which batching stops paying on CPU: measured on the
-# exported published model (ONNX Runtime, 2 cores), videos of T = 16..48 gain 1.4-1.7x from
-# N up to 16, T = 128 only up to N = 2 (larger calls fall out of cache and run slower),
-# T >= 400 nothing. GPUs want large calls: there only the memory budget bounds them.
-CPU_MAX_ROWS = 2048
+# Rows (N * C * padded T) per call beyond which batching stops paying on CPU. Measured on
+# the exported published model (ONNX Runtime, 2 cores, calls timed in alternation): T = 40
+# gains 1.25x at N = 4 and 1.35x at N = 10; T = 100 gains 1.1x at N = 2 but loses 10% at
+# N = 4 (the attention falls out of cache); T >= 400 gains nothing. GPUs want large calls:
+# there only the memory budget bounds them.
+CPU_MAX_ROWS = 1024
 
 
 def estimate_bytes(rows: int, length: int, meta: ModelMeta) -> int:
@@ -49,7 +53,7 @@ def estimate_bytes(rows: int, length: int, meta: ModelMeta) -> int:
     + rows * T * (ACT_WIDTH_E * E + 3 * D) * 4   activations, plus the input and its padded copy
     """
     t = int(length)
-    attn = (ATTN_COPIES * meta.heads + 2) * t * t
+    attn = int((ATTN_COPIES * meta.heads + 2) * t * t)
     act = t * (ACT_WIDTH_E * meta.embed_dim + 3 * (meta.feature_dim or 1024))
     return int(rows) * (attn + act) * 4
 

@@ -175,4 +175,4 @@ def test_max_rows_caps_a_call_but_never_splits_a_video(runner):
     for call in plan.calls:
         assert len(call.videos) == 1 or len(call.videos) * 3 * call.length <= 100
     assert sorted(i for c in plan.calls for i in c.videos) == list(range(len(LENGTHS)))
-    assert Scorer(runner).max_rows == 2048 and Scorer(runner, max_rows=None).max_rows is None
+    assert Scorer(runner).max_rows == 1024 and Scorer(runner, max_rows=None).max_rows is None

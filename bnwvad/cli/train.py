@@ -1,0 +1,283 @@
+"""bnwvad-train: train BN-WVAD on UCF-Crime, XD-Violence, ShanghaiTech or the built-in demo set.
+
+    bnwvad-train                      # generate (or reuse) ./demo_data, train a small model on it
+    bnwvad-train --dataset xd --root /data/xd            # the paper's XD-Violence recipe
+    bnwvad-train --dataset xd --root /data/xd --audio-root /data/xd-vggish   # + VGGish (D = 1152)
+    bnwvad-train --resume --out runs/xd-20240101-120000  # continue an interrupted run
+
+Defaults per dataset, relative to --root: lists `list/<UCF|XD|SH>_Train.list` and
+`list/<UCF|XD|SH>_Test.list`, annotations `<UCF|XD|SH>_Annotation.txt` (or under `list/`).
+Every recipe value and the paper's ablation switches are options. Writes `run.json`,
+`metrics.jsonl`, `last.pt` and `best.pt` to --out. Bad input ends with a one-line error and a
+non-zero exit status; Ctrl-C saves last.pt and exits with status 130.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+DATASETS = ("ucf", "xd", "shanghaitech", "demo")
+TRAIN_LISTS = {"ucf": "list/UCF_Train.list", "xd": "list/XD_Train.list",
+               "shanghaitech": "list/SH_Train.list", "demo": "list/XD_Train.list"}
+# What may be given together with --resume (the rest comes from the run's run.json).
+RESUME_OPTIONS = {"resume", "out", "iterations", "eval_every", "device", "workers", "prefetch",
+                  "cache_gb", "progress", "log_every"}
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated numbers, e.g. 5,20", param_hint=what)
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 32,16", param_hint=what)
+
+
+def _build(o: dict[str, Any]):
+    """Options -> (ModelConfig, TrainConfig, DataSpec, RunConfig, notes to print)."""
+    from ..config import ModelConfig, TrainConfig, get_preset
+    from ..data import LoaderConfig
+    from ..train import DEFAULT_SELECT_METRIC, DataSpec, RunConfig
+
+    dataset = o["dataset"]
+    notes: list[str] = []
+    audio = bool(o["audio_root"] or o["audio_list"])
+    if dataset == "demo":
+        from ..demo import DEFAULT_ROOT, DEMO_MODEL, DEMO_TRAIN, existing_demo, generate_demo
+
+        if audio:
+            raise click.UsageError("the demo set has no audio features; drop --audio-root/--audio-list")
+        root = Path(o["root"] or DEFAULT_ROOT)
+        spec = existing_demo(root)
+        existed = spec is not None and (spec.seed == o["demo_seed"] or "demo_seed" not in o["_given"])
+        if not existed:
+            generate_demo(root, seed=o["demo_seed"])
+            spec = existing_demo(root)
+        assert spec is not None
+        notes.append(f"demo dataset: {root} ({'reused' if existed else 'generated'}; "
+                     f"{spec.train_abnormal}+{spec.train_normal} training videos x {spec.crops} crops, "
+                     f"{spec.test_abnormal}+{spec.test_normal} test videos, D = {spec.feature_dim})")
+        model_kw: dict[str, Any] = dict(feature_dim=spec.feature_dim, **DEMO_MODEL)
+        train_kw: dict[str, Any] = dict(DEMO_TRAIN)
+        preset_name = None
+    else:
+        preset = get_preset(dataset)
+        root = Path(o["root"]) if o["root"] else None
+        if root is None and (o["train_list"] is None or (o["test_list"] is None and not o["no_eval"])):
+            raise click.UsageError(f"--dataset {dataset} needs --root DIR (or --train-list and "
+                                   f"--test-list/--annotations, or --no-eval)")
+        model_kw = preset.model_config(audio=audio).to_dict()
+        train_kw = {}
+        preset_name = dataset
+
+    for name in ("embed_dim", "heads", "head_dim", "mlp_dim", "depth", "ratio_sample", "ratio_batch",
+                 "bn_momentum", "margin", "w_normal", "selection", "distance", "score"):
+        if o[name] is not None:
+            model_kw[name] = o[name]
+    if o["hidden_dims"] is not None:
+        model_kw["hidden_dims"] = _ints(o["hidden_dims"], "--hidden-dims")
+    if o["w_mpp"] is not None:
+        model_kw["w_mpp"] = _floats(o["w_mpp"], "--w-mpp")
+    for name in ("batch_size", "segments", "lr", "weight_decay", "grad_clip", "iterations", "eval_every",
+                 "seed"):
+        if o[name] is not None:
+            train_kw[name] = o[name]
+    model_cfg = ModelConfig(**model_kw)
+    train_cfg = TrainConfig(**train_kw)
+    if dataset == "demo":
+        m, t = model_cfg, train_cfg
+        notes.append(f"demo recipe, smaller than the paper's so it trains in minutes on 2 CPU cores: "
+                     f"embed {m.embed_dim} (paper 512), batch {t.batch_size}+{t.batch_size} (64+64), "
+                     f"{t.segments} segments (200), {t.iterations} iterations (3000), evaluation every "
+                     f"{t.eval_every}; selection {m.selection}, distance {m.distance}, score {m.score}")
+
+    train_list = Path(o["train_list"]) if o["train_list"] else root / TRAIN_LISTS[dataset]
+    test_list = annotations = snippets = None
+    if not o["no_eval"]:
+        from ..evaluate import dataset_files
+
+        files = dataset_files(dataset, root=root, list_file=o["test_list"], annotations=o["annotations"],
+                              snippets=o["snippets"])
+        test_list, annotations, snippets = files.list_file, files.annotations, files.snippets
+    data = DataSpec(dataset, train_list, root, test_list, annotations, snippets,
+                    Path(o["audio_root"]) if o["audio_root"] else None,
+                    tuple(Path(p) for p in o["audio_list"]))
+    out = Path(o["out"]) if o["out"] else Path("runs") / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    loader = LoaderConfig(workers=o["workers"], prefetch=o["prefetch"],
+                          cache_bytes=int(o["cache_gb"] * 2 ** 30))
+    run = RunConfig(out, device=o["device"], select_metric=o["select_metric"] or DEFAULT_SELECT_METRIC[dataset],
+                    log_every=o["log_every"], eval_at_start=o["eval_at_start"], progress=o["progress"],
+                    preset=preset_name, loader=loader)
+    return model_cfg, train_cfg, data, run, notes
+
+
+def _from_run_dir(o: dict[str, Any], given: set[str]):
+    """--resume: the settings of the run in --out, with the few allowed changes."""
+    import json
+
+    from ..config import ModelConfig, TrainConfig
+    from ..data import LoaderConfig
+    from ..train import DataSpec, RunConfig
+
+    if not o["out"]:
+        raise click.UsageError("--resume needs --out DIR, the folder of the run to continue")
+    not_allowed = sorted(given - RESUME_OPTIONS)
+    if not_allowed:
+        raise click.UsageError(
+            f"with --resume the settings come from {Path(o['out']) / 'run.json'}; "
+            f"{', '.join('--' + n.replace('_', '-') for n in not_allowed)} cannot be changed "
+            f"(allowed: --iterations, --eval-every, --device, --workers, --prefetch, --cache-gb, "
+            f"--log-every, --progress/--no-progress)")
+    path = Path(o["out"]) / "run.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        model_cfg = ModelConfig.from_dict(saved["model"])
+        tk = dict(saved["train"])
+        tk["betas"] = tuple(tk["betas"])
+        train_cfg = TrainConfig(**tk)
+        data = DataSpec.from_dict(saved["data"])
+        rk = dict(saved["run"])
+        loader = LoaderConfig(**rk.pop("loader"))
+        run = RunConfig(**{**rk, "loader": loader})
+    except FileNotFoundError:
+        raise click.ClickException(f"{path}: no such file; is {o['out']} the folder of a bnwvad-train run?")
+    except (ValueError, KeyError, TypeError) as e:
+        raise click.ClickException(f"{path}: not a readable bnwvad-train run.json ({type(e).__name__}: {e})")
+    for name in ("iterations", "eval_every"):
+        if name in given:
+            setattr(train_cfg, name, o[name])
+    run.resume = True
+    if "device" in given:
+        run.device = o["device"]
+    if "log_every" in given:
+        run.log_every = o["log_every"]
+    if "progress" in given:
+        run.progress = o["progress"]
+    if given & {"workers", "prefetch", "cache_gb"}:
+        run.loader = LoaderConfig(workers=o["workers"], prefetch=o["prefetch"],
+                                  cache_bytes=int(o["cache_gb"] * 2 ** 30))
+    return model_cfg, train_cfg, data, run, [f"resuming {run.out_dir}"]
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--dataset", type=click.Choice(DATASETS), default="demo", show_default=True,
+              help="Dataset preset: selection ratios, crops, feature size, default file names.")
+@click.option("--root", type=click.Path(file_okay=False), help="Dataset root; list paths resolve against it "
+              "(demo: where the demo set is generated, default ./demo_data).")
+@click.option("--train-list", type=click.Path(dir_okay=False), help="Training list [ROOT/list/*_Train.list].")
+@click.option("--test-list", type=click.Path(dir_okay=False), help="Test list [ROOT/list/*_Test.list].")
+@click.option("--annotations", type=click.Path(dir_okay=False),
+              help="Test annotations [ROOT/*_Annotation.txt or ROOT/list/...].")
+@click.option("--snippets", type=click.Path(dir_okay=False),
+              help="Optional test_snippets.csv to check test feature lengths against.")
+@click.option("--no-eval", is_flag=True, help="Train without a test set (no periodic evaluation, no best.pt).")
+@click.option("--audio-root", type=click.Path(file_okay=False),
+              help="XD-Violence VGGish features (128-d, one <video>__vggish.npy per video), appended "
+                   "to the visual ones: D = 1152.")
+@click.option("--audio-list", multiple=True, type=click.Path(dir_okay=False),
+              help="Audio list file(s) naming <video>__vggish.npy paths (relative to --audio-root); repeatable.")
+# The recipe (DESIGN.md "Training, exactly"); unset = the dataset's default.
+@click.option("--batch-size", type=click.IntRange(1), help="B normal + B abnormal per step [64].")
+@click.option("--segments", type=click.IntRange(1), help="T after resampling [200].")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate [1e-4].")
+@click.option("--weight-decay", type=click.FloatRange(0), help="Adam L2 weight decay [5e-5].")
+@click.option("--grad-clip", type=click.FloatRange(0, min_open=True), help="Gradient-norm clip [1.0].")
+@click.option("--iterations", type=click.IntRange(1), help="Training steps [3000].")
+@click.option("--eval-every", type=click.IntRange(1), help="Evaluate (and save last.pt) every N steps [100].")
+@click.option("--ratio-sample", type=click.FloatRange(0, 1), help="rho_s, sample-level selection ratio.")
+@click.option("--ratio-batch", type=click.FloatRange(0, 1), help="rho_b, batch-level selection ratio.")
+@click.option("--bn-momentum", type=click.FloatRange(0, 1), help="BatchNorm momentum [0.1].")
+@click.option("--margin", type=float, help="MPP margin m [1.0].")
+@click.option("--w-normal", type=float, help="Weight of the normal loss [1.0].")
+@click.option("--w-mpp", help="MPP weights per hidden layer, comma-separated [5,20].")
+@click.option("--embed-dim", type=click.IntRange(1), help="Enhancer width [512] (= heads x head-dim).")
+@click.option("--heads", type=click.IntRange(1), help="Attention heads [4].")
+@click.option("--head-dim", type=click.IntRange(1), help="Per-head width [128].")
+@click.option("--mlp-dim", type=click.IntRange(1), help="Feed-forward width [512].")
+@click.option("--depth", type=click.IntRange(1), help="Enhancer blocks [2].")
+@click.option("--hidden-dims", help="Normal-head BN layer widths, comma-separated [32,16].")
+# The paper's ablations.
+@click.option("--selection", type=click.Choice(("sbs", "sls", "bls")), help="Snippet selection [sbs].")
+@click.option("--distance", type=click.Choice(("mahalanobis", "euclidean", "cosine")), help="DFM distance.")
+@click.option("--score", type=click.Choice(("product", "classifier", "dfm")),
+              help="Anomaly score: classifier x DFM (product), or either alone.")
+# The run.
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--seed", type=int, help="Seed of the initial weights and the batch order [0].")
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder [runs/<dataset>-<time>].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--select-metric", type=click.Choice(("ap", "auc", "average_precision", "auc_sub", "ap_sub")),
+              help="Test metric that picks best.pt [ap for xd/demo, auc for ucf/shanghaitech].")
+@click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
+              help="A training record in metrics.jsonl every N steps.")
+@click.option("--eval-at-start", is_flag=True, help="Also evaluate the untrained model.")
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True,
+              help="Loader threads (0: load in the training thread).")
+@click.option("--prefetch", type=click.IntRange(1), default=2, show_default=True,
+              help="Batches loaded ahead; memory is (prefetch + 1) x 2 x B x T x D x 4 bytes.")
+@click.option("--cache-gb", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Keep up to this many GiB of resampled training samples in RAM.")
+@click.option("--demo-seed", type=int, default=0, show_default=True, help="Seed of the demo dataset.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.pass_context
+def main(ctx: click.Context, **o: Any) -> None:
+    """Train BN-WVAD. With no arguments: the built-in demo, start to finish in a few minutes."""
+    from ..checkpoint import CheckpointError
+
+    given = {n for n in o if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE,
+                                                              ParameterSource.ENVIRONMENT)}
+    try:
+        from ..train import NonFiniteLossError, TrainingInterrupted, train
+
+        if o["resume"]:
+            model_cfg, train_cfg, data, run, notes = _from_run_dir(o, given)
+        else:
+            model_cfg, train_cfg, data, run, notes = _build({**o, "_given": given})
+        for line in notes:
+            click.echo(line)
+        click.echo(f"run folder: {run.out_dir}  (metrics log {run.out_dir / 'metrics.jsonl'})")
+        result = train(model_cfg, train_cfg, data, run)
+    except TrainingInterrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(130)
+    except click.ClickException:
+        raise
+    except NonFiniteLossError as e:
+        raise click.ClickException(str(e)) from None
+    except (ValueError, OSError, RuntimeError) as e:      # bnwvad's errors derive from these
+        raise click.ClickException(str(e)) from None
+
+    click.echo(f"trained {result.step} iterations in {result.seconds:.0f} s on {result.device} "
+               f"({result.compute_s:.3f} s/it compute, {result.data_wait_s:.3f} s/it waiting for data)")
+    m = result.final_metrics
+    if m is not None:
+        click.echo(f"final model (step {result.step}, {result.last_checkpoint}): "
+                   f"AUC {_pct(m.get('auc'))}  AP {_pct(m.get('ap'))}")
+        if result.best_checkpoint is not None:
+            click.echo(f"best by test {result.select_metric.upper()} (step {result.best_step}, "
+                       f"{result.best_checkpoint}): {result.select_metric.upper()} {_pct(result.best_value)}"
+                       f"  [selected on the test split, as the published numbers are]")
+    else:
+        click.echo(f"no test set: final weights in {result.last_checkpoint}")
+
+
+if __name__ == "__main__":      # pragma: no cover
+    main()

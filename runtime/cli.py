@@ -58,6 +58,9 @@ def _fail(msg: str) -> None:
               help="Fail (instead of warning) when the backend asked for is not what runs.")
 @click.option("--threads", type=click.IntRange(min=0), default=None,
               help="ONNX Runtime intra-op threads (0 or unset: its default).")
+@click.option("--arena/--no-arena", default=True, show_default=True,
+              help="ONNX Runtime's CPU memory arena: keeps the largest call's buffers (measured: about "
+                   "twice the working set of the longest video held to the end); off returns them.")
 @click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--sidecar", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A TensorRT engine's metadata JSON, if not <engine>.json beside it.")
@@ -93,7 +96,7 @@ def _fail(msg: str) -> None:
 @click.option("--plot", is_flag=True, help="Write plots/<video>.png: score curve, threshold, events.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-video lines.")
 @click.pass_context
-def main(ctx, features, model, out, backend, strict, threads, device_id, sidecar, root, layout,
+def main(ctx, features, model, out, backend, strict, threads, arena, device_id, sidecar, root, layout,
          crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget, threshold, calibrate,
          false_alarm_rate, fps, min_event_snippets, plot, quiet):
     """Score video features with an exported BN-WVAD model (ONNX Runtime or TensorRT, no torch)."""
@@ -111,7 +114,7 @@ def main(ctx, features, model, out, backend, strict, threads, device_id, sidecar
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            runner = load_runner(model, backend, strict=strict, threads=threads,
+            runner = load_runner(model, backend, strict=strict, threads=threads, arena=arena,
                                  device_id=device_id, sidecar=sidecar)
         except RuntimeFailure as e:
             click.secho(f"error: {e}", fg="red", err=True)

@@ -39,11 +39,11 @@ def plot_scores(path: str | Path, name: str, anomaly: np.ndarray, *, frames_per_
                 color="tab:red", ms=5)
     if threshold is not None:
         ax.axhline(threshold, color="tab:red", ls="--", lw=0.8, label=f"threshold {threshold:.4g}")
-    ax.set_xlim(0, max(x[-1] if x.size else 1.0, scale))
+    ax.set_xlim(0, max(frames.size, 1) * scale)          # to the end of the last snippet
     ax.set_xlabel("time (s)" if fps else "frame")
     ax.set_ylabel("anomaly")
     ax.set_title(name, fontsize=9)
-    ax.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="best", fontsize=7, framealpha=0.8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -24,9 +24,9 @@ def toy_onnx(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def xd_onnx(tmp_path_factory, reference_dir) -> Path:
     """The published state_dict exported with preset xd by the project's exporter, once."""
-    export = pytest.importorskip("bnwvad.export")
-    if not hasattr(export, "export_onnx"):
-        pytest.skip("bnwvad.export.export_onnx is not available yet")
+    export = pytest.importorskip("bnwvad.export")       # needs torch + onnx (the export extra)
     out = tmp_path_factory.mktemp("xd") / "xd.onnx"
-    export.export_onnx(reference_dir / "official_state_dict.pkl", out, preset="xd", precision="fp32")
+    # verify=False: these tests check the outputs against the reference themselves.
+    export.export_onnx(reference_dir / "official_state_dict.pkl", out, preset="xd", precision="fp32",
+                       verify=False)
     return out

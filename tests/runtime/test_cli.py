@@ -313,3 +313,20 @@ def test_runtime_and_cli_work_with_torch_unimportable(toy_onnx, tmp_path):
     assert "NO-TORCH-OK 1" in proc.stdout, proc.stdout + proc.stderr
     assert (tmp_path / "out" / "v.npy").is_file() and (tmp_path / "out" / "plots" / "v.png").is_file()
     assert "w__0.npy: feature dimension D = 5" in proc.stderr
+
+
+def test_session_options_reach_the_runner(toy_onnx, tmp_path, monkeypatch):
+    from bnwvad.runtime import runners
+
+    seen = {}
+    real = runners.load_runner
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+    monkeypatch.setattr(runners, "load_runner", spy)
+    write_crops(tmp_path / "in", "v", feats(5))
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", tmp_path / "out", "--threads", 1, "--no-arena",
+               "--backend", "ort-cpu", "--strict")
+    assert r.exit_code == 0, r.output
+    assert (seen["threads"], seen["arena"], seen["strict"]) == (1, False, True)

@@ -13,11 +13,23 @@ DATASETS = SHARED / "datasets"
 
 
 def gpu_available() -> bool:
+    """An NVIDIA GPU is usable: torch sees CUDA, or (torch-free deployments) nvidia-smi does."""
     try:
         import torch
     except ImportError:
+        torch = None
+    if torch is not None and torch.cuda.is_available():
+        return True
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
         return False
-    return torch.cuda.is_available()
+    try:
+        return subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def devices() -> list:

@@ -124,7 +124,10 @@ class _Emitter:
         # Padded rows are zeroed (Where, not Mul, so inf/NaN garbage there cannot leak):
         # the temporal conv then sees the zeros its own padding gives an unpadded video.
         mask4 = b.op("Unsqueeze", [mask, b.const([1, 3], i64)], "mask_nc1t1")       # (N, 1, T, 1)
-        x = b.op("Where", [mask4, "features", b.const(0.0, np.float32)], "features_masked")
+        if self.opt.get("mask") == "mul":
+            x = b.op("Mul", ["features", b.cast(mask4, F32)], "features_masked")
+        else:
+            x = b.op("Where", [mask4, "features", b.const(0.0, np.float32)], "features_masked")
         bshape = b.op("Concat", [b.const([-1], i64), td], "btd_shape", axis=0)
         x = b.op("Reshape", [x, bshape], "rows")                                       # (B, T, D)
 
@@ -183,8 +186,7 @@ class _Emitter:
         y1 = b.op("Slice", [y, b.const([e], i64), b.const([2 * e], i64), b.const([2], i64)], "y1")
         y2 = b.op("Slice", [y, b.const([1, 2 * e], i64), b.const([big, 3 * e], i64), b.const([1, 2], i64)], "y2")
         y2 = b.op("Pad", [y2, b.const([0, 0, 0, 0, 1, 0], i64)], "y2_shifted")
-        out = b.op("Add", [b.op("Add", [y0, y1]), y2])
-        out = b.op("Add", [out, self.w("embed.b", self.m.embed_b, island=False)])
+        out = self.add_all([y0, y1, y2, self.w("embed.b", self.m.embed_b, island=False)], "embed_sum")
         return b.op("Relu", [out], "embedded")
 
     def temporal_weights(self, pos: str, mask: str) -> str:
@@ -246,16 +248,31 @@ class _Emitter:
         # Temporal branch: G (N, 1, T, T) @ u (N, C, T, E), already projected.
         o2 = b.op("MatMul", [g, b.op("Reshape", [u, u_shape])], f"{p}.temporal")
         o2 = b.op("Reshape", [o2, bte])                                                # (B, T, E)
-        att = b.op("Add", [b.op("Add", [o1, o2]), self.w(f"{p}.b_o", blk.b_o)], f"{p}.attn_out")
-        x = b.op("Add", [x, self.from_island(att)], f"{p}.residual1")
+        if self.half:
+            att = self.add_all([o1, o2, self.w(f"{p}.b_o", blk.b_o)], f"{p}.attn_out")
+            x = b.op("Add", [x, self.from_island(att)], f"{p}.residual1")
+        else:      # one pass over (B, T, E) instead of three
+            x = self.add_all([x, o1, o2, self.w(f"{p}.b_o", blk.b_o)], f"{p}.residual1")
 
         y = self.to_island(self.layer_norm(x, blk.ln2_w, blk.ln2_b, blk.ln2_eps, f"{p}.ff_norm"))
         f = b.op("Add", [b.op("MatMul", [y, self.w(f"{p}.fc1_w", blk.fc1_w)], f"{p}.fc1_matmul"),
                          self.w(f"{p}.fc1_b", blk.fc1_b)], f"{p}.fc1")
         f = self.gelu(f, p)
-        f = b.op("Add", [b.op("MatMul", [f, self.w(f"{p}.fc2_w", blk.fc2_w)], f"{p}.fc2_matmul"),
-                         self.w(f"{p}.fc2_b", blk.fc2_b)], f"{p}.fc2")
-        return b.op("Add", [x, self.from_island(f)], f"{p}.residual2")
+        f = b.op("MatMul", [f, self.w(f"{p}.fc2_w", blk.fc2_w)], f"{p}.fc2_matmul")
+        if self.half:
+            f = b.op("Add", [f, self.w(f"{p}.fc2_b", blk.fc2_b)], f"{p}.fc2")
+            return b.op("Add", [x, self.from_island(f)], f"{p}.residual2")
+        return self.add_all([x, f, self.w(f"{p}.fc2_b", blk.fc2_b)], f"{p}.residual2")
+
+    def add_all(self, terms: list[str], hint: str) -> str:
+        """The sum of several same-typed tensors: one variadic Sum (one pass over memory)
+        unless the graph option adds="chain" asks for pairwise Adds."""
+        if self.opt.get("adds") == "chain":
+            out = terms[0]
+            for i, t in enumerate(terms[1:], 1):
+                out = self.b.op("Add", [out, t], hint if i == len(terms) - 1 else None)
+            return out
+        return self.b.op("Sum", terms, hint)
 
     def gelu(self, x: str, p: str) -> str:
         """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)), in the form ORT fuses into one kernel."""

@@ -9,6 +9,7 @@ which is the contract (DESIGN.md, "Inference graph").
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -169,11 +170,23 @@ def reference_runner(path):
     return run
 
 
+@contextlib.contextmanager
+def _exact_fp32():
+    """On CUDA, cuDNN convolutions default to TF32 (10-bit mantissa): the reference would
+    carry ~1e-3 errors of its own. Off for the duration, restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _reference(model: BNWVAD, case: Case, device) -> list[np.ndarray]:
     """Per-output arrays (N, T) of the unoptimised model; NaN past each length."""
     n, _, t, _ = case.features.shape
     out = [np.full((n, t), np.nan, dtype=np.float32) for _ in OUTPUT_NAMES]
-    with torch.no_grad():
+    with torch.no_grad(), _exact_fp32():
         if case.alone:
             for i, L in enumerate(case.lengths.tolist()):
                 x = torch.from_numpy(case.features[i:i + 1, :, :L]).to(device)

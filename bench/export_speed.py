@@ -1,0 +1,177 @@
+"""Speed of the exported graph in ONNX Runtime (CPU) against PyTorch eager, side by side.
+
+    .venv/bin/python bench/export_speed.py [--checkpoint ../shared/reference/official_state_dict.pkl]
+        [--preset xd] [--shapes 1,10,200 1,10,37] [--repeats 15] [--threads 2]
+        [--variants default fp16 int8 ...] [--json out.json]
+
+Every round runs every backend once on the same inputs, in rotated order, plus two
+matrix-multiply probes (ONNX Runtime's MatMul and torch.matmul at the embedding GEMM's
+size, (N*C*T, D) x (D, 3E)) that measure the fp32 peak in the same conditions: on a
+shared CPU only ratios measured side by side mean anything. Reported per shape: median
+milliseconds, ratio to PyTorch eager (higher is faster), GFLOP/s from
+`BNWVAD.num_flops` (the model's nominal work, whatever a graph skips) and that rate as
+a fraction of each measured peak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CKPT = REPO.parent / "shared" / "reference" / "official_state_dict.pkl"
+
+# Graph variants: (precision, graph options, session config entries).
+VARIANTS = {
+    "default": ("fp32", {}, {}),
+    "no-spin": ("fp32", {}, {"session.intra_op.allow_spinning": "0"}),
+    "qkv-separate": ("fp32", {"qkv": "separate"}, {}),
+    "mha": ("fp32", {"attention": "mha"}, {}),
+    "adds-chain": ("fp32", {"adds": "chain"}, {}),
+    "mask-mul": ("fp32", {"mask": "mul"}, {}),
+    "fused-qkv": ("fp32", {"qkv": "fused"}, {}),
+    "fp16": ("fp16", {}, {}),
+    "int8": ("int8", {}, {}),
+}
+
+
+def _session(proto_bytes: bytes, threads: int, config: dict, level: str = "all"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
+    for k, v in config.items():
+        so.add_session_config_entry(k, v)
+    return ort.InferenceSession(proto_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _graph(deploy, precision: str, options: dict) -> bytes:
+    from bnwvad.export.graph import build_graph
+    from bnwvad.export.quantize import quantize_int8
+
+    if precision == "int8":
+        proto = quantize_int8(build_graph(deploy, options={"row_scale": True, **options}))
+    else:
+        proto = build_graph(deploy, precision=precision, options=options)
+    return proto.SerializeToString()
+
+
+def _matmul_probe(m: int, k: int, n: int, threads: int):
+    """Callables running one (m, k) x (k, n) fp32 GEMM in ORT and in torch."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((k, n), dtype=np.float32)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                          [numpy_helper.from_array(w, "w")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    sess = _session(proto.SerializeToString(), threads, {})
+    ta, tw = torch.from_numpy(a), torch.from_numpy(w)
+
+    def ort_mm():
+        sess.run(None, {"a": a})
+
+    def torch_mm():
+        with torch.inference_mode():
+            torch.matmul(ta, tw)
+    return ort_mm, torch_mm, 2.0 * m * k * n
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
+    p.add_argument("--preset", default="xd")
+    p.add_argument("--shapes", nargs="+", default=["1,10,200", "1,10,37"], metavar="N,C,T")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
+    p.add_argument("--pause", type=float, default=0.05, help="Seconds between timed calls.")
+    p.add_argument("--json", help="Also write the results here.")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from bnwvad.checkpoint import load_model
+    from bnwvad.export.fold import fold
+    from bnwvad.tolerances import error
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint, preset=args.preset)
+    deploy = fold(model)
+    sessions = {name: _session(_graph(deploy, *VARIANTS[name][:2]), args.threads, VARIANTS[name][2])
+                for name in args.variants}
+    cfg = model.config
+    results = []
+    print(f"CPU threads {args.threads}, ONNX Runtime {__import__('onnxruntime').__version__}, "
+          f"torch {torch.__version__}; {args.repeats} interleaved rounds, medians")
+    for spec in args.shapes:
+        n, c, t = (int(v) for v in spec.split(","))
+        rng = np.random.default_rng(0)
+        x = (rng.random((n, c, t, cfg.feature_dim), dtype=np.float32) * 2).astype(np.float32)
+        lengths = np.full(n, t, np.int64)
+        tx, tl = torch.from_numpy(x), torch.from_numpy(lengths)
+        feeds = {"features": x, "lengths": lengths}
+
+        def torch_eager():
+            with torch.inference_mode():
+                return model(tx, tl)
+        ref = torch_eager()
+        runs = {"pytorch": torch_eager}
+        errs = {}
+        for name, sess in sessions.items():
+            runs[name] = (lambda s=sess: s.run(None, feeds))
+            out = runs[name]()
+            errs[name] = max(error(o, r.numpy(), "rel_to_max") for o, r in zip(out, ref))
+        ort_mm, torch_mm, mm_flops = _matmul_probe(n * c * t, cfg.feature_dim, 3 * cfg.embed_dim, args.threads)
+        runs["peak:ort-matmul"], runs["peak:torch-matmul"] = ort_mm, torch_mm
+        for f in runs.values():      # warm-up
+            f()
+        times = {k: [] for k in runs}
+        names = list(runs)
+        for r in range(args.repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                # Let the previous backend's worker threads stop spinning (ORT's pool and
+                # OpenMP both spin after a call): otherwise they steal this call's cores.
+                time.sleep(args.pause)
+                t0 = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        flops = model.num_flops(t, crops=c) * n
+        peak = {k: mm_flops / med[k] for k in ("peak:ort-matmul", "peak:torch-matmul")}
+        print(f"\nN,C,T = {n},{c},{t}: {flops / 1e9:.2f} GFLOP per call; fp32 matmul peak "
+              f"{peak['peak:ort-matmul'] / 1e9:.0f} GFLOP/s (ORT), {peak['peak:torch-matmul'] / 1e9:.0f} (torch)")
+        print(f"  {'backend':14s} {'ms':>8s} {'vs torch':>9s} {'GFLOP/s':>8s} {'/ORT peak':>9s} "
+              f"{'/torch peak':>11s} {'max rel err':>11s}")
+        for name in ["pytorch", *sessions]:
+            rate = flops / med[name]
+            row = {"shape": [n, c, t], "backend": name, "ms": med[name] * 1e3,
+                   "speedup_vs_pytorch": med["pytorch"] / med[name], "gflops": rate / 1e9,
+                   "fraction_of_ort_peak": rate / peak["peak:ort-matmul"],
+                   "fraction_of_torch_peak": rate / peak["peak:torch-matmul"],
+                   "max_rel_error": errs.get(name, 0.0)}
+            results.append(row)
+            print(f"  {name:14s} {row['ms']:8.1f} {row['speedup_vs_pytorch']:8.2f}x {row['gflops']:8.1f} "
+                  f"{row['fraction_of_ort_peak']:9.2f} {row['fraction_of_torch_peak']:11.2f} "
+                  f"{row['max_rel_error']:11.1e}")
+        results.append({"shape": [n, c, t], "peak_gflops": {k: v / 1e9 for k, v in peak.items()}})
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

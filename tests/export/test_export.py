@@ -134,3 +134,21 @@ def test_metadata_values_are_json(tiny, tmp_path):
     proto = onnx.load(str(rep.path))
     raw = {p.key: p.value for p in proto.metadata_props}
     assert {k: json.loads(v) for k, v in raw.items()} == rep.metadata
+
+
+@pytest.mark.parametrize("options", [{"qkv": "separate"}, {"attention": "mha"}, {"adds": "chain"},
+                                     {"mask": "mul"}, {"row_scale": True}])
+def test_graph_variants_compute_the_same_function(tiny, session, options):
+    """The measured alternatives (bench/export_speed.py) stay exact, padding included."""
+    model = tiny()
+    sess = session(build_graph(fold(model), options=options).SerializeToString())
+    x = torch.rand(3, 2, 13, model.config.feature_dim) * 2
+    lengths = torch.tensor([13, 6, 1])
+    with torch.no_grad():
+        ref = model(x, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        for o, r in zip(_run(sess, x, lengths), ref):
+            err, ok = check("onnx_fp32", o[i, :n], r[i, :n])
+            assert ok, (options, i, err)
+    with pytest.raises(GraphError, match="unknown graph options"):
+        build_graph(fold(model), options={"fast": True})

@@ -885,9 +885,9 @@ def markdown(report: dict) -> str:
     if mem and mem.get("backends"):
         lts = [t for t in ts if any(str(t) in (r.get("cases") or {}) for r in mem["backends"].values())]
         lines += ["", f"### Peak memory, one video, C = {mem['C']} ({mem['method']}), MiB", "",
-                  "| backend | RSS after imports | + model loaded | " + " | ".join(f"T = {t}" for t in lts)
-                  + " | torch imported |",
-                  "|---|---:|---:|" + "---:|" * len(lts) + "---|"]
+                  "| backend | RSS after imports | + model loaded | " + " | ".join(f"+ call at T = {t}" for t in lts)
+                  + f" | process peak at T = {lts[-1] if lts else '–'} | torch imported |",
+                  "|---|---:|---:|" + "---:|" * len(lts) + "---:|---|"]
         for n, r in mem["backends"].items():
             if "error" in r:
                 lines.append(f"| {n} | failed: {r['error']} |")
@@ -898,8 +898,10 @@ def markdown(report: dict) -> str:
                 dev = cse and cse.get("device_peak_delta_mib")
                 cells.append("–" if not cse else f"{cse['host_peak_delta_mib']:.0f}"
                              + (f" (+{dev:.0f} device)" if dev is not None else ""))
+            last = r["cases"].get(str(lts[-1])) if lts else None
+            total = f"{r['rss_warm_mib'] + last['host_peak_delta_mib']:.0f}" if last else "–"
             lines.append(f"| {n} | {r['rss_imports_mib']:.0f} | {r['rss_model_mib'] - r['rss_imports_mib']:.0f} | "
-                         + " | ".join(cells) + f" | {'yes' if r.get('torch_imported') else 'no'} |")
+                         + " | ".join(cells) + f" | {total} | {'yes' if r.get('torch_imported') else 'no'} |")
     acc, demo = report["accuracy"], report.get("demo")
     lines += ["", "### Accuracy against torch_eager (worst over every latency input, workload video and demo video)",
               "", "| backend | tolerance (limit) | score | dfm | anomaly | max abs (anomaly) | ok | AUC | Δ AUC pts "

@@ -65,7 +65,6 @@ def _graph(deploy, precision: str, options: dict) -> bytes:
 
 def _matmul_probe(m: int, k: int, n: int, threads: int):
     """Callables running one (m, k) x (k, n) fp32 GEMM in ORT and in torch."""
-    import onnx
     import torch
     from onnx import TensorProto, helper, numpy_helper
 

@@ -12,13 +12,13 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from .atomic import atomic_write
 from .config import ModelConfig, get_preset
 from .model import BNWVAD
 
@@ -92,18 +92,7 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside `path`, then rename: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path: str | os.PathLike, model: BNWVAD, *, preset: str | None = None,

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..atomic import atomic_write_bytes
 from .graph import OUTPUT_NAMES
 from .metadata import read_metadata
 
@@ -109,20 +108,6 @@ def require_tensorrt():
                             f"(torch.cuda.is_available() is False; a CPU-only torch build reads the same): "
                             f"an engine must be built on the kind of GPU it will run on")
     return trt
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha256(data: bytes) -> str:
@@ -272,9 +257,9 @@ def build_engine(onnx_path, engine_path, *, profile: Profile | None = None, timi
         "verified_against": verified_against,
     })
     sidecar = engine_path.with_name(engine_path.name + ".json")
-    _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
-    _atomic_write(sidecar, json.dumps(side, indent=2, sort_keys=True).encode())
-    _atomic_write(engine_path, engine)
+    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+    atomic_write_bytes(sidecar, json.dumps(side, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(engine_path, engine)
     rep = EngineReport(engine_path, sidecar, cache_path, side, report, time.perf_counter() - t0)
     say(rep.summary())
     return rep

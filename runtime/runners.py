@@ -331,7 +331,7 @@ class TensorRTRunner(Runner):
         self._stream = _cuda.Stream()
 
     def _run(self, features, lengths):
-        ctx, cuda = self.context, self._cuda
+        ctx = self.context
         host = {"features": np.ascontiguousarray(features, dtype=self._dtypes["features"]),
                 "lengths": np.ascontiguousarray(lengths, dtype=self._dtypes["lengths"])}
         for name, arr in host.items():

@@ -11,31 +11,19 @@ Any bad input ends with a one-line error and exit status 1, and writes no output
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
+
+from ..atomic import atomic_write_json
 
 DATASETS = ("ucf", "xd", "shanghaitech", "demo")
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary file beside `path`, then rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, obj, allow_nan=False)
 
 
 def run(checkpoint: str | None, scores_dir: str | None, dataset: str | None, root: str | None,

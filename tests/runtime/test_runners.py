@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from _toy_onnx import TOY_CROPS, TOY_D, build_toy_onnx, toy_metadata
-from bnwvad.runtime import (BackendError, InputError, ModelLoadError, OrtRunner, ShapeLimits,
+from bnwvad.runtime import (BackendError, InputError, ModelLoadError, ShapeLimits,
                             load_runner, meta_from_props, meta_from_sidecar, validate_inputs)
 from bnwvad.runtime import runners as runners_mod
 

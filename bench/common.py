@@ -55,9 +55,11 @@ def rotated(names: Sequence[str], k: int) -> list[str]:
 
 def interleaved_rounds(runs: Mapping[str, Callable[[], object]], *, warmup: int, min_rounds: int,
                        max_rounds: int, budget_s: float, gap_s: float = 0.01,
-                       on_round: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
-    """Time every callable once per round, rounds in rotated order; returns seconds per name.
+                       on_round: Callable[[int, dict], None] | None = None
+                       ) -> tuple[dict[str, list[float]], list[float | None]]:
+    """Time every callable once per round, rounds in rotated order.
 
+    Returns (seconds per name, other processes' CPU share per round; see `ForeignCpu`).
     `warmup` untimed rounds first. Then rounds continue until at least `min_rounds` are done
     and `budget_s` seconds have passed, or `max_rounds` are done. A `gap_s` sleep between
     calls lets the previous contender's worker threads stop spinning before the next one
@@ -70,18 +72,58 @@ def interleaved_rounds(runs: Mapping[str, Callable[[], object]], *, warmup: int,
             runs[name]()
             time.sleep(gap_s)
     times: dict[str, list[float]] = {n: [] for n in names}
+    foreign: list[float | None] = []
     t_start = time.perf_counter()
     r = 0
     while r < max_rounds and (r < min_rounds or time.perf_counter() - t_start < budget_s):
-        for name in rotated(names, r):
-            time.sleep(gap_s)
-            t0 = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - t0)
+        with ForeignCpu() as fc:
+            for name in rotated(names, r):
+                time.sleep(gap_s)
+                t0 = time.perf_counter()
+                runs[name]()
+                times[name].append(time.perf_counter() - t0)
+        foreign.append(fc.share)
         r += 1
         if on_round is not None:
             on_round(r, times)
-    return times
+    return times, foreign
+
+
+class ForeignCpu:
+    """The share of the machine's CPU capacity that OTHER processes used during a `with` block.
+
+    Interleaving spreads drift over all contenders, but it cannot undo contention that hurts
+    one library more than another (PyTorch's OpenMP barriers wait for a preempted thread;
+    ONNX Runtime's pool hands its work to the threads still running). This says how much
+    contention there was: busy time of all CPUs (/proc/stat) minus this process's CPU time
+    (os.times, all threads), over wall time x CPUs. Clock-tick resolution (10 ms): a rough
+    figure for blocks under a second. `share` is None where /proc/stat is missing.
+    """
+
+    def __init__(self):
+        self.share: float | None = None
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                vals = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        idle = vals[3] + vals[4]                 # idle + iowait; guest time is inside user already
+        return (sum(vals) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> "ForeignCpu":
+        self._t0, self._busy0, self._own0 = time.perf_counter(), self._busy(), sum(os.times()[:2])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy1 = self._busy()
+        wall = time.perf_counter() - self._t0
+        if busy1 is None or self._busy0 is None or wall <= 0:
+            return
+        foreign = (busy1 - self._busy0) - (sum(os.times()[:2]) - self._own0)
+        self.share = min(1.0, max(0.0, foreign / (wall * (os.cpu_count() or 1))))
 
 
 def matmul_probes(size: int = 2048, threads: int | None = None) -> dict[str, tuple[Callable[[], object], float]]:
@@ -464,7 +506,7 @@ def say(msg: str, clock: Stopwatch | None = None) -> None:
     print(prefix + msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["MIB", "PeakMemory", "PoolVideo", "Stopwatch", "available_memory", "builtin_lengths",
+__all__ = ["MIB", "ForeignCpu", "PeakMemory", "PoolVideo", "Stopwatch", "available_memory", "builtin_lengths",
            "cuda_matmul_probe", "fastest_probe", "feature_pool", "git_revision", "interleaved_rounds",
            "library_versions", "load_average", "machine_info", "matmul_probes", "read_lengths", "reset_hwm",
            "rotated", "say", "spread_sample", "summarize", "usable_cpus", "vm_hwm", "vm_rss"]

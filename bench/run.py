@@ -1027,7 +1027,7 @@ def write_outputs(out: Path, report: dict, md: str) -> dict[str, str]:
 # Setup of the backends
 # --------------------------------------------------------------------------------------
 def open_backends(selected: list[str], models: Models, threads: int, trt_max: tuple[int, int, int],
-                  work: Path, cache: Path, clock) -> list[Backend]:
+                  cache: Path, clock) -> list[Backend]:
     from bnwvad.runtime import load_runner
 
     backends = []
@@ -1060,16 +1060,9 @@ def open_backends(selected: list[str], models: Models, threads: int, trt_max: tu
                     b.notes.append("ONNX Runtime's CUDA provider runs fp32 MatMul in TF32 unless its use_tf32 "
                                    "option is 0 (on by default); bnwvad.runtime does not set it")
             else:
-                engine = models.speed_files.get(f"engine_{spec.precision}")
-                if engine is None:
-                    from bnwvad.export import Profile, build_engine
-
-                    engine = work / f"speed_{spec.precision}.engine"
-                    say(f"{name}: building a TensorRT engine, profile max N,C,T = {trt_max} (minutes)", clock)
-                    build_engine(models.speed_files[spec.precision], engine,
-                                 profile=Profile((1, 1, 1), (1, 10, HEADLINE_T), trt_max),
-                                 timing_cache=cache / "trt.timing.cache", verify=False, log=lambda m: say(m, clock))
-                    models.speed_files[f"engine_{spec.precision}"] = engine
+                engine = engine_for(models.speed_files[spec.precision], ((1, 1, 1), (1, 10, HEADLINE_T), trt_max),
+                                    cache, clock)
+                models.speed_files[f"engine_{spec.precision}"] = engine
                 b.runner = load_runner(engine, "tensorrt", strict=True)
         except Exception as e:          # noqa: BLE001 - reported as the backend's result
             b.status, b.reason = "skipped", f"{type(e).__name__}: {e}"
@@ -1084,18 +1077,33 @@ def _warm(runner, d: int) -> None:
     runner.run(x, np.array([8]), check_crops=False)
 
 
-def prepare_demo_files(models: Models, backends: list[Backend], work: Path, cache: Path, clock) -> None:
+def prepare_demo_files(models: Models, backends: list[Backend], cache: Path, clock) -> None:
     precisions = sorted({b.spec.precision for b in backends if b.status == "measured" and b.spec.kind != "torch"})
     models.demo_files = export_graphs(models.demo, precisions, cache, "demo", None, clock)
     for b in backends:
         if b.status == "measured" and b.spec.kind == "trt" and f"engine_{b.spec.precision}" not in models.demo_files:
-            from bnwvad.export import Profile, build_engine
+            models.demo_files[f"engine_{b.spec.precision}"] = engine_for(
+                models.demo_files[b.spec.precision], ((1, 1, 1), (4, 5, 256), (8, 5, 512)), cache, clock)
 
-            engine = work / f"demo_{b.spec.precision}.engine"
-            say(f"{b.name}: building the demo model's engine", clock)
-            build_engine(models.demo_files[b.spec.precision], engine, profile=Profile((1, 1, 1), (4, 5, 256), (8, 5, 512)),
-                         timing_cache=cache / "trt.timing.cache", verify=False)
-            models.demo_files[f"engine_{b.spec.precision}"] = engine
+
+def engine_for(onnx_path: Path, profile: tuple, cache: Path, clock) -> Path:
+    """A TensorRT engine of `onnx_path` for the (N, C, T) profile (min, opt, max), built once
+    per graph, profile, TensorRT version and GPU and kept in `cache` with its sidecar: builds
+    take minutes, and a GPU is lent for minutes. The timing cache is shared by all builds."""
+    import tensorrt as trt
+    import torch
+
+    from bnwvad.export import Profile, build_engine
+
+    gpu = torch.cuda.get_device_name(0)
+    key = hashlib.sha256(json.dumps([onnx_path.name, profile, trt.__version__, gpu]).encode()).hexdigest()[:16]
+    engine = cache / "engines" / f"{onnx_path.stem}_{key}.engine"
+    if engine.is_file() and engine.with_name(engine.name + ".json").is_file():
+        return engine
+    say(f"building a TensorRT engine of {onnx_path.name}, profile N,C,T min/opt/max {profile} (minutes)", clock)
+    build_engine(onnx_path, engine, profile=Profile(*profile), timing_cache=cache / "trt.timing.cache",
+                 verify=False, log=lambda m: say(m, clock))     # verified below against PyTorch, on more inputs
+    return engine
 
 
 # --------------------------------------------------------------------------------------
@@ -1214,7 +1222,7 @@ def main(quick, out, backend_list, checkpoint, speed_checkpoint, preset, lengths
         with load_runner(files["fp32"], "ort-cpu", threads=1) as r:
             meta = r.meta
         models = Models(speed, speed_src, speed_ckpt, speed_preset, files, meta, cache=cache, trt_max=trt_max_shape)
-        backends = open_backends(selected, models, threads, trt_max_shape, work, cache, clock)
+        backends = open_backends(selected, models, threads, trt_max_shape, cache, clock)
         if next(b for b in backends if b.name == REFERENCE).status != "measured":
             raise click.ClickException(f"torch_eager, the reference, could not run: "
                                        f"{next(b for b in backends if b.name == REFERENCE).reason}")
@@ -1262,7 +1270,7 @@ def main(quick, out, backend_list, checkpoint, speed_checkpoint, preset, lengths
             mem_thread = threading.Thread(target=lambda: memory_box.update(measure_memory(
                 backends, models, plan, threads, skip, clock, timeout=300 if quick else 3600)), daemon=True)
             mem_thread.start()
-        prepare_demo_files(models, backends, work, cache, clock)
+        prepare_demo_files(models, backends, cache, clock)
         demo = demo_accuracy(backends, models, test, videos, errors, clock)
         if mem_thread is not None:
             mem_thread.join()

@@ -70,10 +70,11 @@ def test_report_structure(quick_run):
         assert set(case["backends"]) == measured
         for row in case["backends"].values():
             assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"] and row["gflops"] > 0
-        assert case["peak_gflops"]
+        assert case["peak_gflops"] and "foreign_cpu_share" in case       # contention is measured, not guessed
     # Throughput and memory: every backend.
     thr = report["throughput"]
     assert set(thr["backends"]) == measured and thr["videos"] >= 2 and thr["crops"] == 5
+    assert "foreign_cpu_share" in thr and thr["peak_gflops"]
     for row in thr["backends"].values():
         assert row["videos_per_s"] > 0 and row["snippet_crops_per_s"] > 0
     mem = report["memory"]["backends"]

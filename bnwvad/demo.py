@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "demo_manifest.json"
 FRAMES_PER_SNIPPET = 16
 DEFAULT_ROOT = "demo_data"
@@ -86,15 +86,20 @@ class DemoSpec:
         return d
 
 
-# Classes: XD letter -> (name, ratio range, amplitude, temporal pattern). Ratios follow the
-# paper's Fig. 1 / Fig. 10 spread: explosions and car accidents short, riots most of a video.
-CLASSES: dict[str, tuple[str, tuple[float, float], float, str]] = {
-    "B1": ("fighting", (0.15, 0.6), 0.9, "intermittent"),
-    "B2": ("shooting", (0.03, 0.12), 1.2, "bursts"),
-    "B4": ("riot", (0.6, 0.97), 0.6, "sustained"),
-    "B5": ("abuse", (0.05, 0.25), 0.5, "sustained"),
-    "B6": ("car accident", (0.04, 0.3), 1.1, "onset"),
-    "G": ("explosion", (0.1, 0.7), 1.3, "onset"),
+# Classes: XD letter -> (name, ratio range, amplitude, temporal pattern, phase gains).
+# Ratios follow the paper's Fig. 1 / Fig. 10 spread: shootings and car accidents short,
+# riots most of a video. A class with several phases moves through them in order during an
+# event, each phase with its own signature direction and a decreasing gain: a riot's crowd
+# gathering, clashes and fires; an explosion's blast and its long smoke; a crash and its
+# aftermath. Selecting only the top 20% of each video (SLS) sees a long event's strongest
+# phase; selecting over the batch (BLS, SBS) also reaches its weaker phases.
+CLASSES: dict[str, tuple[str, tuple[float, float], float, str, tuple[float, ...]]] = {
+    "B1": ("fighting", (0.15, 0.6), 0.9, "intermittent", (1.0, 0.6)),
+    "B2": ("shooting", (0.03, 0.12), 1.2, "bursts", (1.0,)),
+    "B4": ("riot", (0.6, 0.97), 0.8, "sustained", (1.0, 0.6, 0.45)),
+    "B5": ("abuse", (0.05, 0.25), 0.5, "sustained", (1.0,)),
+    "B6": ("car accident", (0.04, 0.3), 1.1, "onset", (1.4, 0.45)),
+    "G": ("explosion", (0.1, 0.7), 1.3, "onset", (1.4, 0.5)),
 }
 
 
@@ -109,8 +114,7 @@ class _World:
     scene: np.ndarray           # (S, D) orthonormal rows
     activity: np.ndarray        # (K, D) orthonormal rows, scaled by their std below
     activity_std: np.ndarray    # (K,)
-    signature: dict[str, np.ndarray]    # class -> (D,) unit, low-variance directions
-    aftermath: dict[str, np.ndarray]    # class -> (D,) unit (second phase of onset classes)
+    signature: dict[str, np.ndarray]    # class -> (phases, D) unit rows, low-variance directions
     generic: np.ndarray         # (D,) a direction every anomaly shares a little of
     distractors: np.ndarray     # (Q, D) unit rows
 
@@ -118,7 +122,7 @@ class _World:
 def _world(spec: DemoSpec) -> _World:
     rng = np.random.default_rng([spec.seed, 0xD3A0])
     d = spec.feature_dim
-    n_sig = len(CLASSES) + 2 + 3 + 1       # signatures, 2 aftermaths, 3 distractors, generic
+    n_sig = sum(len(c[4]) for c in CLASSES.values()) + 3 + 1   # phases, distractors, generic
     k = spec.scene_dims + spec.activity_dims + n_sig
     if k > d:
         raise ValueError(f"feature_dim={d} is too small for {k} independent directions")
@@ -126,24 +130,20 @@ def _world(spec: DemoSpec) -> _World:
     basis = q.T                                                   # (D, D) orthonormal rows
     scene = basis[:spec.scene_dims]
     activity = basis[spec.scene_dims:spec.scene_dims + spec.activity_dims]
-    low = basis[spec.scene_dims + spec.activity_dims:]           # low-variance directions
-    # Sparse-ish signatures: a low-variance direction, kept positive where I3D channels
-    # would switch on, plus a little of a shared generic direction.
-    generic = low[0]
-    signature, aftermath = {}, {}
-    for i, c in enumerate(CLASSES):
-        signature[c] = low[1 + i]
-    aftermath["B6"] = low[1 + len(CLASSES)]
-    aftermath["G"] = low[2 + len(CLASSES)]
-    dis = low[3 + len(CLASSES):6 + len(CLASSES)].copy()
+    low = list(basis[spec.scene_dims + spec.activity_dims:])     # low-variance directions
+    generic = low.pop(0)
+    signature = {}
+    for c, (*_, gains) in CLASSES.items():
+        signature[c] = np.stack([low.pop(0) for _ in gains])
+    dis = np.stack([low.pop(0) for _ in range(3)])
     # Distractors partly share anomaly directions (cos ~ 0.45): unusual is not anomalous.
-    dis[0] = 0.9 * dis[0] + 0.45 * signature["B1"]
-    dis[1] = 0.9 * dis[1] + 0.45 * signature["B4"]
+    dis[0] = 0.9 * dis[0] + 0.45 * signature["B1"][0]
+    dis[1] = 0.9 * dis[1] + 0.45 * signature["B4"][1]
     dis[2] = 0.9 * dis[2] + 0.45 * generic
     dis /= np.linalg.norm(dis, axis=1, keepdims=True)
     mean = np.abs(rng.normal(0.45, 0.2, d)) + 0.05
     activity_std = np.linspace(0.9, 0.3, spec.activity_dims)
-    return _World(mean, scene, activity, activity_std, signature, aftermath, generic, dis)
+    return _World(mean, scene, activity, activity_std, signature, generic, dis)
 
 
 def _smooth(rng: np.random.Generator, length: int, dims: int, width: float) -> np.ndarray:
@@ -185,18 +185,19 @@ def _place(rng: np.random.Generator, length: int, total: int, pieces: int) -> li
 def _anomaly(rng: np.random.Generator, world: _World, spec: DemoSpec, cls: str,
              length: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """(length, D) anomaly component of one class and its events (snippet intervals)."""
-    _, (lo, hi), amp, pattern = CLASSES[cls]
+    _, (lo, hi), amp, pattern, gains = CLASSES[cls]
     ratio = rng.uniform(lo, hi)
     total = max(1, int(round(ratio * length)))
     d = spec.feature_dim
     comp = np.zeros((length, d))
     amp = amp * spec.anomaly_strength * rng.uniform(0.7, 1.3)
-    # Per-instance signature: the class direction, some generic anomaly, a random tilt.
+    # Per-instance signature of each phase: the class's phase direction, some generic
+    # anomaly, a random tilt (instances of a class differ), length 2.
     tilt = rng.standard_normal(d)
     tilt -= world.activity.T @ (world.activity @ tilt) + world.scene.T @ (world.scene @ tilt)
     tilt /= np.linalg.norm(tilt)
-    sig = world.signature[cls] + 0.35 * world.generic + 0.3 * tilt
-    sig *= 2.0 / np.linalg.norm(sig)
+    sigs = world.signature[cls] + 0.35 * world.generic + 0.3 * tilt
+    sigs *= 2.0 / np.linalg.norm(sigs, axis=1, keepdims=True)
     if pattern == "bursts":
         events = _place(rng, length, total, int(rng.integers(1, 4)))
     elif pattern == "intermittent":
@@ -204,17 +205,21 @@ def _anomaly(rng: np.random.Generator, world: _World, spec: DemoSpec, cls: str,
     else:
         events = _place(rng, length, total, 1)
     for s, e in events:
-        env = _envelope(length, s, e, ramp=0.6)
-        if pattern == "intermittent":      # fights come and go within an event
-            env = env * (0.65 + 0.35 * np.sin(np.arange(length) / rng.uniform(1.5, 3.0)))
-        if pattern == "onset":             # strong short onset, long weaker aftermath
-            k = max(1, int(round(0.25 * (e - s))))
-            onset = _envelope(length, s, s + k, ramp=0.5)
-            after = _envelope(length, s + k, e, ramp=1.5)
-            comp += np.outer(onset, sig) * amp * 1.4
-            comp += np.outer(after, world.aftermath[cls] * 2.0) * amp * 0.45
-            continue
-        comp += np.outer(env, sig) * amp
+        # Phases in order; an onset is short (a quarter of the event), other phases share it.
+        n = len(gains)
+        if pattern == "onset":
+            cuts = [s, s + max(1, int(round(0.25 * (e - s)))), e]
+        else:
+            w = rng.dirichlet(np.full(n, 3.0))
+            cuts = [s] + [s + int(round(c)) for c in np.cumsum(w)[:-1] * (e - s)] + [e]
+        for k, gain in enumerate(gains):
+            a, b = cuts[k], cuts[k + 1]
+            if b <= a:
+                continue
+            env = _envelope(length, a, b, ramp=0.5 if k == 0 else 1.0)
+            if pattern == "intermittent":      # fights come and go within an event
+                env = env * (0.65 + 0.35 * np.sin(np.arange(length) / rng.uniform(1.5, 3.0)))
+            comp += np.outer(env, sigs[k]) * amp * gain
     return comp, events
 
 

@@ -431,8 +431,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: DataSpec, run: R
         saved_step = at
 
     final_metrics: dict[str, Any] | None = None
+    # A live bar on a terminal; into a file or pipe, a line every 30 s is plenty.
     bar = tqdm(total=train_cfg.iterations, initial=step, desc="train", unit="it", dynamic_ncols=True,
-               disable=not run.progress, file=sys.stderr)
+               disable=not run.progress, file=sys.stderr,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
     def evaluate(at: int) -> dict[str, Any] | None:
         nonlocal final_metrics

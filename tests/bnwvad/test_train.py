@@ -212,3 +212,43 @@ def test_cli_without_arguments_runs_the_demo(tmp_path):
     assert (tmp_path / "demo_data" / "demo_manifest.json").is_file()
     assert "final model" in proc.stdout
     shutil.rmtree(tmp_path / "demo_data")
+
+
+def test_xd_with_audio_through_the_cli(tmp_path):
+    """XD-Violence layout + VGGish audio: D = 1024 + 128, through training and evaluation."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root, audio = tmp_path / "xd", tmp_path / "vggish"
+    train_names = [f"m{i}__#1_label_{'A' if i % 2 else 'B1-0-0'}" for i in range(6)]
+    test_names = ["t0__#1_label_G-0-0", "t1__#1_label_A"]
+    lines = {"train": [], "test": []}
+    for split, names in (("train", train_names), ("test", test_names)):
+        for name in names:
+            t = int(rng.integers(6, 20))
+            (root / split).mkdir(parents=True, exist_ok=True)
+            (audio / split).mkdir(parents=True, exist_ok=True)
+            for k in range(2):
+                np.save(root / split / f"{name}__{k}.npy", rng.random((t, 1024), dtype=np.float32))
+                lines[split].append(f"{split}/{name}__{k}.npy")
+            np.save(audio / split / f"{name}__vggish.npy", rng.random((t, 128), dtype=np.float32))
+    (root / "list").mkdir()
+    (root / "list" / "XD_Train.list").write_text("\n".join(lines["train"]))
+    (root / "list" / "XD_Test.list").write_text("\n".join(lines["test"]))
+    (root / "XD_Annotation.txt").write_text(f"{test_names[0]} 16 64\n")
+    out = tmp_path / "run"
+
+    def args(out):
+        return ["--dataset", "xd", "--root", str(root), "--audio-root", str(audio), "--out", str(out),
+                "--iterations", "2", "--eval-every", "2", "--no-progress", *TINY_ARGS[:-4],
+                "--batch-size", "2", "--segments", "8"]
+
+    res = CliRunner().invoke(main, args(out))
+    assert res.exit_code == 0, res.output
+    ck = read_checkpoint(out / "last.pt")
+    assert ck["config"]["feature_dim"] == 1152 and ck["preset"] == "xd"
+    assert ck["meta"]["metrics"]["auc"] is not None
+    # A missing audio file is named, with where it was looked for.
+    (audio / "test" / f"{test_names[1]}__vggish.npy").unlink()
+    res = CliRunner().invoke(main, args(tmp_path / "run2"))
+    assert res.exit_code == 1 and f"{test_names[1]}__vggish.npy" in res.output and "no audio features" in res.output

@@ -312,7 +312,11 @@ def _load_test_set(data: DataSpec) -> _TestSet | None:
     snippets = None
     if data.snippets is not None and data.audio is None:
         counts = read_snippet_counts(data.snippets)
-        snippets = {v.name: counts[v.name] for v in videos if v.name in counts} or None
+        missing = [v.name for v in videos if v.name not in counts]
+        if missing:
+            raise TrainingError(f"{data.snippets}: no snippet count for {len(missing)} test videos, first "
+                                f"{missing[0]!r}; expected a row per video of {data.test_list}")
+        snippets = {v.name: counts[v.name] for v in videos}
     return _TestSet(videos, annotations, snippets)
 
 

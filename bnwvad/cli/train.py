@@ -195,28 +195,28 @@ def _pct(v) -> str:
 @click.option("--audio-list", multiple=True, type=click.Path(dir_okay=False),
               help="Audio list file(s) naming <video>__vggish.npy paths (relative to --audio-root); repeatable.")
 # The recipe (DESIGN.md "Training, exactly"); unset = the dataset's default.
-@click.option("--batch-size", type=click.IntRange(1), help="B normal + B abnormal per step [64].")
-@click.option("--segments", type=click.IntRange(1), help="T after resampling [200].")
+@click.option("--batch-size", type=click.IntRange(1), help="B normal + B abnormal per step [64; demo 32].")
+@click.option("--segments", type=click.IntRange(1), help="T after resampling [200; demo 64].")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate [1e-4].")
 @click.option("--weight-decay", type=click.FloatRange(0), help="Adam L2 weight decay [5e-5].")
 @click.option("--grad-clip", type=click.FloatRange(0, min_open=True), help="Gradient-norm clip [1.0].")
-@click.option("--iterations", type=click.IntRange(1), help="Training steps [3000].")
-@click.option("--eval-every", type=click.IntRange(1), help="Evaluate (and save last.pt) every N steps [100].")
-@click.option("--ratio-sample", type=click.FloatRange(0, 1), help="rho_s, sample-level selection ratio.")
-@click.option("--ratio-batch", type=click.FloatRange(0, 1), help="rho_b, batch-level selection ratio.")
+@click.option("--iterations", type=click.IntRange(1), help="Training steps [3000; demo 300].")
+@click.option("--eval-every", type=click.IntRange(1), help="Evaluate (and save last.pt) every N steps [100; demo 50].")
+@click.option("--ratio-sample", type=click.FloatRange(0, 1), help="rho_s, sample-level selection ratio [ucf 0.1, xd/demo 0.2, shanghaitech 0.3].")
+@click.option("--ratio-batch", type=click.FloatRange(0, 1), help="rho_b, batch-level selection ratio [ucf 0.2, xd/demo/shanghaitech 0.4].")
 @click.option("--bn-momentum", type=click.FloatRange(0, 1), help="BatchNorm momentum [0.1].")
 @click.option("--margin", type=float, help="MPP margin m [1.0].")
 @click.option("--w-normal", type=float, help="Weight of the normal loss [1.0].")
 @click.option("--w-mpp", help="MPP weights per hidden layer, comma-separated [5,20].")
-@click.option("--embed-dim", type=click.IntRange(1), help="Enhancer width [512] (= heads x head-dim).")
-@click.option("--heads", type=click.IntRange(1), help="Attention heads [4].")
-@click.option("--head-dim", type=click.IntRange(1), help="Per-head width [128].")
-@click.option("--mlp-dim", type=click.IntRange(1), help="Feed-forward width [512].")
+@click.option("--embed-dim", type=click.IntRange(1), help="Enhancer width [512; demo 64] (= heads x head-dim).")
+@click.option("--heads", type=click.IntRange(1), help="Attention heads [4; demo 2].")
+@click.option("--head-dim", type=click.IntRange(1), help="Per-head width [128; demo 32].")
+@click.option("--mlp-dim", type=click.IntRange(1), help="Feed-forward width [512; demo 64].")
 @click.option("--depth", type=click.IntRange(1), help="Enhancer blocks [2].")
 @click.option("--hidden-dims", help="Normal-head BN layer widths, comma-separated [32,16].")
 # The paper's ablations.
 @click.option("--selection", type=click.Choice(("sbs", "sls", "bls")), help="Snippet selection [sbs].")
-@click.option("--distance", type=click.Choice(("mahalanobis", "euclidean", "cosine")), help="DFM distance.")
+@click.option("--distance", type=click.Choice(("mahalanobis", "euclidean", "cosine")), help="DFM distance [mahalanobis].")
 @click.option("--score", type=click.Choice(("product", "classifier", "dfm")),
               help="Anomaly score: classifier x DFM (product), or either alone.")
 # The run.
@@ -240,8 +240,6 @@ def _pct(v) -> str:
 @click.pass_context
 def main(ctx: click.Context, **o: Any) -> None:
     """Train BN-WVAD. With no arguments: the built-in demo, start to finish in a few minutes."""
-    from ..checkpoint import CheckpointError
-
     given = {n for n in o if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE,
                                                               ParameterSource.ENVIRONMENT)}
     try:

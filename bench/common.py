@@ -32,6 +32,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 MIB = 2 ** 20
+# Pause before each timed call: ONNX Runtime's idle pool spins for more than 10 ms after a
+# call and slows whatever runs next (see interleaved_rounds).
+GAP_S = 0.05
 
 
 # --------------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ def rotated(names: Sequence[str], k: int) -> list[str]:
 
 
 def interleaved_rounds(runs: Mapping[str, Callable[[], object]], *, warmup: int, min_rounds: int,
-                       max_rounds: int, budget_s: float, gap_s: float = 0.01,
+                       max_rounds: int, budget_s: float, gap_s: float = GAP_S,
                        on_round: Callable[[int, dict], None] | None = None
                        ) -> tuple[dict[str, list[float]], list[float | None]]:
     """Time every callable once per round, rounds in rotated order.
@@ -63,8 +66,9 @@ def interleaved_rounds(runs: Mapping[str, Callable[[], object]], *, warmup: int,
     `warmup` untimed rounds first. Then rounds continue until at least `min_rounds` are done
     and `budget_s` seconds have passed, or `max_rounds` are done. A `gap_s` sleep between
     calls lets the previous contender's worker threads stop spinning before the next one
-    starts (ONNX Runtime's and OpenMP's pools spin briefly after a parallel region), so no
-    contender pays for its neighbour's idle threads.
+    starts, so no contender pays for its neighbour's idle threads: on 2 cores, a 2048³ GEMM
+    started 10 ms after an ONNX Runtime call ran 20% slower than alone (its idle pool still
+    spinning; 177 GFLOP/s with spinning off), and as fast as alone 50 ms after.
     """
     names = list(runs)
     for r in range(warmup):
@@ -506,7 +510,8 @@ def say(msg: str, clock: Stopwatch | None = None) -> None:
     print(prefix + msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["MIB", "ForeignCpu", "PeakMemory", "PoolVideo", "Stopwatch", "available_memory", "builtin_lengths",
-           "cuda_matmul_probe", "fastest_probe", "feature_pool", "git_revision", "interleaved_rounds",
-           "library_versions", "load_average", "machine_info", "matmul_probes", "read_lengths", "reset_hwm",
-           "rotated", "say", "spread_sample", "summarize", "usable_cpus", "vm_hwm", "vm_rss"]
+__all__ = ["GAP_S", "MIB", "ForeignCpu", "PeakMemory", "PoolVideo", "Stopwatch", "available_memory",
+           "builtin_lengths", "cuda_matmul_probe", "fastest_probe", "feature_pool", "git_revision",
+           "interleaved_rounds", "library_versions", "load_average", "machine_info", "matmul_probes",
+           "read_lengths", "reset_hwm", "rotated", "say", "spread_sample", "summarize", "usable_cpus", "vm_hwm",
+           "vm_rss"]

@@ -73,9 +73,10 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from common import (MIB, ForeignCpu, PeakMemory, PoolVideo, Stopwatch, available_memory, builtin_lengths, cuda_matmul_probe,
-                    fastest_probe, feature_pool, git_revision, interleaved_rounds, library_versions, load_average,
-                    machine_info, matmul_probes, read_lengths, rotated, say, spread_sample, summarize, usable_cpus)
+from common import (GAP_S, MIB, ForeignCpu, PeakMemory, PoolVideo, Stopwatch, available_memory, builtin_lengths,
+                    cuda_matmul_probe, fastest_probe, feature_pool, git_revision, interleaved_rounds,
+                    library_versions, load_average, machine_info, matmul_probes, read_lengths, rotated, say,
+                    spread_sample, summarize, usable_cpus)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BNWVAD_SHARED", REPO.parent / "shared"))
@@ -87,6 +88,8 @@ OUTPUTS = ("score", "dfm", "anomaly")
 HEADLINE_T = 200
 # Other processes' share of the CPUs above which a run is flagged as measured on a busy machine.
 BUSY_SHARE = 0.05
+# Rounds (or throughput groups) under BUSY_SHARE needed before their own medians are reported.
+MIN_CLEAN = 3
 # --quick's demo model: 100 steps of the demo recipe reach an AUC clearly above chance (62% on
 # demo set v2; the full recipe's 300 steps reach 84%) in seconds.
 QUICK_DEMO_STEPS = 100
@@ -566,6 +569,18 @@ def measure_latency(backends: list[Backend], models: Models, plan: Plan, errors:
                      fraction_of_peak_best=(best / peak_best[probe]) if probe in peaks else None,
                      speedup_vs_torch_best=(min(ref) * 1e3 / s["min_ms"]) if ref else None)
             case["backends"][name] = s
+        # Rounds in which other processes used (almost) no CPU: the machine as if it were ours.
+        clean = [i for i, f in enumerate(foreign) if f is not None and f <= BUSY_SHARE]
+        case["rounds_clean"] = len(clean)
+        if len(clean) >= MIN_CLEAN and ref:
+            peak_clean = {p: fl / np.median([times[p][i] for i in clean]) for p, (_, fl) in peaks.items()}
+            ref_clean = np.median([ref[i] for i in clean])
+            for name in runners:
+                med = float(np.median([times[name][i] for i in clean]))
+                probe = PEAK_CUDA if next(b for b in live if b.name == name).spec.device == "cuda" else PEAK
+                case["backends"][name].update(
+                    clean_median_ms=med * 1e3, speedup_vs_torch_clean=ref_clean / med,
+                    fraction_of_peak_clean=(case["flops"] / med / peak_clean[probe]) if probe in peaks else None)
         del x, outs
     return {"C": c, "cases": cases}
 
@@ -600,21 +615,30 @@ def measure_throughput(backends: list[Backend], models: Models, plan: Plan, erro
     for s in scorers.values():
         s.stats = dict.fromkeys(s.stats, 0)
     totals = {n: 0.0 for n in [*scorers, *peaks]}
+    clean_totals = dict.fromkeys(totals, 0.0)
+    clean_flops, clean_groups = 0.0, 0
     done = 0
     load_start = load_average()
     foreign_s = wall_s = 0.0
     for k, group in enumerate(groups):
         results = {}
+        spent = dict.fromkeys(totals, 0.0)
         t_group = time.perf_counter()
         with ForeignCpu() as fc:
             for name in rotated([*scorers, *peaks], k):
-                time.sleep(0.01)       # let the previous contender's worker threads go idle
+                time.sleep(GAP_S)      # let the previous contender's worker threads go idle
                 t0 = time.perf_counter()
                 if name in peaks:
                     peaks[name][0]()
                 else:
                     results[name] = scorers[name].score(group)
-                totals[name] += time.perf_counter() - t0
+                spent[name] = time.perf_counter() - t0
+                totals[name] += spent[name]
+        if fc.share is not None and fc.share <= BUSY_SHARE:
+            clean_groups += 1
+            clean_flops += sum(models.speed.num_flops(v.length, crops=c) for v in group)
+            for name, v in spent.items():
+                clean_totals[name] += v
         if fc.share is not None:
             foreign_s += fc.share * (time.perf_counter() - t_group)
             wall_s += time.perf_counter() - t_group
@@ -634,7 +658,8 @@ def measure_throughput(backends: list[Backend], models: Models, plan: Plan, erro
            "length_percentiles": {str(q): float(np.percentile([v.length for v in videos], q))
                                   for q in (0, 10, 50, 90, 100)},
            "peak_gflops": {p: v / 1e9 for p, v in peak_rates.items()}, "load_average": load_start,
-           "foreign_cpu_share": foreign_s / wall_s if wall_s else None, "backends": {}}
+           "foreign_cpu_share": foreign_s / wall_s if wall_s else None, "groups_clean": clean_groups,
+           "backends": {}}
     ref_s = totals.get(REFERENCE)
     for b in live:
         sec = totals[b.name]
@@ -646,6 +671,13 @@ def measure_throughput(backends: list[Backend], models: Models, plan: Plan, erro
             "speedup_vs_torch": (ref_s / sec) if ref_s else None, "calls": st["calls"],
             "padding_overhead": st["padded_rows"] / max(1, st["real_rows"]) - 1,
             "memory_budget_mib": scorers[b.name].memory_budget / MIB}
+        if clean_groups >= MIN_CLEAN and clean_totals.get(REFERENCE):
+            probe = PEAK_CUDA if b.spec.device == "cuda" else PEAK
+            cs = clean_totals[b.name]
+            out["backends"][b.name].update(
+                speedup_vs_torch_clean=clean_totals[REFERENCE] / cs,
+                fraction_of_peak_clean=(clean_flops / cs / (peaks[probe][1] * clean_groups / clean_totals[probe]))
+                if probe in peaks else None)
     return out
 
 
@@ -891,6 +923,14 @@ def markdown(report: dict) -> str:
     lines += [f"Peak: fp32 GEMM {pk['size']}³ in {pk['library']} (the fastest at setup of "
                   f"{', '.join(f'{k} {v:.0f}' for k, v in pk['setup_gflops'].items())} GFLOP/s), "
                   f"{report['settings']['threads']} threads, timed in the same rounds, GFLOP/s: {peaks}."]
+    if head and head["backends"].get("ort_fp32", {}).get("speedup_vs_torch_clean") is not None:
+        hc = head["backends"]["ort_fp32"]
+        lines.append(f"At T = {HEADLINE_T}, {head['rounds_clean']} rounds had other processes under "
+                     f"{BUSY_SHARE:.0%} of the CPUs; on those: ort_fp32/torch_eager {hc['speedup_vs_torch_clean']:.2f}, "
+                     f"fraction of peak {hc['fraction_of_peak_clean']:.2f}.")
+    elif head:
+        lines.append(f"At T = {HEADLINE_T}, {head.get('rounds_clean', 0)} rounds had other processes under "
+                     f"{BUSY_SHARE:.0%} of the CPUs (fewer than {MIN_CLEAN}: no figures of their own).")
     if head and head["backends"].get("ort_fp32", {}).get("speedup_vs_torch_best") is not None:
         hb = head["backends"]["ort_fp32"]
         lines.append(f"Best rounds at T = {HEADLINE_T} (the least disturbed; robust to other processes): "
@@ -917,7 +957,11 @@ def markdown(report: dict) -> str:
                              f"| {r['calls']} |")
         lines.append(f"\nPeak GEMM over the same groups: "
                      f"{', '.join(fmt(v, '.0f') for v in thr['peak_gflops'].values())} GFLOP/s. Other processes "
-                     f"used {fmt(thr.get('foreign_cpu_share'), '.0%')} of the CPUs meanwhile.")
+                     f"used {fmt(thr.get('foreign_cpu_share'), '.0%')} of the CPUs meanwhile"
+                     + (f"; in the {thr['groups_clean']} groups where they used under {BUSY_SHARE:.0%}: "
+                        f"ort_fp32/torch_eager {thr['backends']['ort_fp32']['speedup_vs_torch_clean']:.2f}, fraction "
+                        f"of peak {fmt(thr['backends']['ort_fp32']['fraction_of_peak_clean'])}."
+                        if thr["backends"].get("ort_fp32", {}).get("speedup_vs_torch_clean") is not None else "."))
     mem = report.get("memory")
     if mem and mem.get("backends"):
         lts = [t for t in ts if any(str(t) in (r.get("cases") or {}) for r in mem["backends"].values())]
@@ -1342,7 +1386,12 @@ def build_report(*, quick, backends, models, plan, threads, lengths, crops, trt_
     report["headline"] = {"line": line, "T": HEADLINE_T, "C": crops, "ratio": ort.get("speedup_vs_torch"),
                           "fraction_of_peak": ort.get("fraction_of_peak"),
                           "workload_ratio": ort_w.get("speedup_vs_torch"),
-                          "workload_fraction_of_peak": ort_w.get("fraction_of_peak")}
+                          "workload_fraction_of_peak": ort_w.get("fraction_of_peak"),
+                          # the same from rounds / groups in which other processes were (nearly) idle
+                          "ratio_clean": ort.get("speedup_vs_torch_clean"),
+                          "fraction_of_peak_clean": ort.get("fraction_of_peak_clean"),
+                          "workload_ratio_clean": ort_w.get("speedup_vs_torch_clean"),
+                          "workload_fraction_of_peak_clean": ort_w.get("fraction_of_peak_clean")}
     report["failures"] = bad
     report["ok"] = not bad and have_headline
     report["elapsed_s"] = clock()

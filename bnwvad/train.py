@@ -150,7 +150,8 @@ class RunConfig:
 @dataclass
 class TrainResult:
     out_dir: Path
-    step: int                             # steps done
+    step: int                             # steps done in all (the step last.pt holds)
+    steps_run: int                        # steps done by this call (fewer when resumed)
     last_checkpoint: Path
     best_checkpoint: Path | None
     select_metric: str
@@ -519,7 +520,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, data: DataSpec, run: R
                 "data_wait_s": float(np.mean(waits)) if waits else 0.0,
                 "compute_s": float(np.mean(computes)) if computes else 0.0})
     return TrainResult(
-        out_dir=out, step=max(step, train_cfg.iterations), last_checkpoint=last_path,
+        out_dir=out, step=max(step, train_cfg.iterations), steps_run=len(computes), last_checkpoint=last_path,
         best_checkpoint=best_path if best_path.is_file() else None, select_metric=run.select_metric,
         best_value=best["value"], best_step=best["step"], final_metrics=final_metrics,
         data_wait_s=float(np.mean(waits)) if waits else 0.0,

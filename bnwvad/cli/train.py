@@ -263,7 +263,8 @@ def main(ctx: click.Context, **o: Any) -> None:
     except (ValueError, OSError, RuntimeError) as e:      # bnwvad's errors derive from these
         raise click.ClickException(str(e)) from None
 
-    click.echo(f"trained {result.step} iterations in {result.seconds:.0f} s on {result.device} "
+    resumed = f" (resumed: {result.steps_run} this run)" if result.steps_run != result.step else ""
+    click.echo(f"trained {result.step} iterations{resumed} in {result.seconds:.0f} s on {result.device} "
                f"({result.compute_s:.3f} s/it compute, {result.data_wait_s:.3f} s/it waiting for data)")
     m = result.final_metrics
     if m is not None:

@@ -34,7 +34,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from ._version import __version__
+from .atomic import atomic_write_bytes
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import ModelConfig, TrainConfig
 from .data import (AudioSource, BatchLoader, LoaderConfig, Sample, fingerprint, load_test_features,
@@ -180,18 +180,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)          # mkstemp makes 0600; a run's settings are not secret
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _plain(obj: Any) -> Any:

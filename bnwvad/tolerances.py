@@ -33,6 +33,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "onnx_fp32": Tolerance(1e-4, "rel_to_max", "BN folding and graph fusions reorder float32 ops"),
     "onnx_fp16": Tolerance(2e-2, "rel_to_max", "fp16 matmuls (11-bit mantissa), fp32 reductions"),
     "onnx_int8": Tolerance(1e-1, "rel_to_max", "dynamically quantised weights"),
+    "torch_cuda": Tolerance(1e-4, "rel_to_max", "the same PyTorch model on CUDA, TF32 off"),
     "tensorrt_fp32": Tolerance(1e-3, "rel_to_max", "TF32 is disabled; kernel choice reorders sums"),
     "tensorrt_fp16": Tolerance(2e-2, "rel_to_max", "as onnx_fp16"),
     # Effect on detection quality of a reduced-precision deployment (percentage points).

@@ -27,7 +27,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/bnwvad-train
+	VENV=$(VENV) bash scripts/demo.sh
 
 bench: setup
 	$(PY) bench/run.py

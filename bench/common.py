@@ -58,7 +58,8 @@ def rotated(names: Sequence[str], k: int) -> list[str]:
 
 def interleaved_rounds(runs: Mapping[str, Callable[[], object]], *, warmup: int, min_rounds: int,
                        max_rounds: int, budget_s: float, gap_s: float = GAP_S,
-                       on_round: Callable[[int, dict], None] | None = None
+                       on_round: Callable[[int, dict], None] | None = None,
+                       before_round: Callable[[], object] | None = None
                        ) -> tuple[dict[str, list[float]], list[float | None]]:
     """Time every callable once per round, rounds in rotated order.
 
@@ -69,6 +70,7 @@ def interleaved_rounds(runs: Mapping[str, Callable[[], object]], *, warmup: int,
     starts, so no contender pays for its neighbour's idle threads: on 2 cores, a 2048³ GEMM
     started 10 ms after an ONNX Runtime call ran 20% slower than alone (its idle pool still
     spinning; 177 GFLOP/s with spinning off), and as fast as alone 50 ms after.
+    `before_round` (e.g. `QuietGate.wait`) runs before each timed round, untimed.
     """
     names = list(runs)
     for r in range(warmup):
@@ -80,6 +82,10 @@ def interleaved_rounds(runs: Mapping[str, Callable[[], object]], *, warmup: int,
     t_start = time.perf_counter()
     r = 0
     while r < max_rounds and (r < min_rounds or time.perf_counter() - t_start < budget_s):
+        if before_round is not None:
+            waited = time.perf_counter()
+            before_round()
+            t_start += time.perf_counter() - waited       # waiting is not part of the time budget
         with ForeignCpu() as fc:
             for name in rotated(names, r):
                 time.sleep(gap_s)
@@ -217,6 +223,37 @@ def cuda_matmul_probe(size: int = 8192) -> tuple[Callable[[], object], float]:
         torch.cuda.synchronize()
     run()
     return run, 2.0 * size ** 3
+
+
+class QuietGate:
+    """Waits, before a timed round, until other processes leave the CPUs (nearly) idle.
+
+    On a shared machine, other tenants' jobs come and go; measuring only while they are idle
+    gives the figures of a machine of one's own. `wait()` samples `ForeignCpu` over
+    `window_s` until the share is at most `threshold`, spending at most `budget_s` seconds
+    waiting over the whole run (then it measures anyway; `waited_s` and `gave_up` tell).
+    """
+
+    def __init__(self, budget_s: float, threshold: float = 0.05, window_s: float = 0.5,
+                 on_wait: Callable[[float], None] | None = None):
+        self.budget_s, self.threshold, self.window_s = float(budget_s), threshold, window_s
+        self.on_wait = on_wait
+        self.waited_s = 0.0
+        self.gave_up = False
+
+    def wait(self) -> None:
+        announced = False
+        while self.waited_s < self.budget_s:
+            t0 = time.perf_counter()
+            with ForeignCpu() as fc:
+                time.sleep(self.window_s)
+            if fc.share is None or fc.share <= self.threshold:
+                return
+            self.waited_s += time.perf_counter() - t0
+            if not announced and self.on_wait is not None:
+                self.on_wait(fc.share)
+                announced = True
+        self.gave_up = self.budget_s > 0
 
 
 # --------------------------------------------------------------------------------------
@@ -510,7 +547,7 @@ def say(msg: str, clock: Stopwatch | None = None) -> None:
     print(prefix + msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["GAP_S", "MIB", "ForeignCpu", "PeakMemory", "PoolVideo", "Stopwatch", "available_memory",
+__all__ = ["GAP_S", "MIB", "ForeignCpu", "PeakMemory", "PoolVideo", "QuietGate", "Stopwatch", "available_memory",
            "builtin_lengths", "cuda_matmul_probe", "fastest_probe", "feature_pool", "git_revision",
            "interleaved_rounds", "library_versions", "load_average", "machine_info", "matmul_probes",
            "read_lengths", "reset_hwm", "rotated", "say", "spread_sample", "summarize", "usable_cpus", "vm_hwm",

@@ -73,10 +73,10 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from common import (GAP_S, MIB, ForeignCpu, PeakMemory, PoolVideo, Stopwatch, available_memory, builtin_lengths,
-                    cuda_matmul_probe, fastest_probe, feature_pool, git_revision, interleaved_rounds,
-                    library_versions, load_average, machine_info, matmul_probes, read_lengths, rotated, say,
-                    spread_sample, summarize, usable_cpus)
+from common import (GAP_S, MIB, ForeignCpu, PeakMemory, PoolVideo, QuietGate, Stopwatch, available_memory,
+                    builtin_lengths, cuda_matmul_probe, fastest_probe, feature_pool, git_revision,
+                    interleaved_rounds, library_versions, load_average, machine_info, matmul_probes, read_lengths,
+                    rotated, say, spread_sample, summarize, usable_cpus)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BNWVAD_SHARED", REPO.parent / "shared"))
@@ -461,6 +461,7 @@ class Plan:
     workload_videos: int
     workload_group: int
     workload_crops: int
+    gate: QuietGate
     demo_steps: int
     demo_videos: int | None
     memory: bool
@@ -546,7 +547,8 @@ def measure_latency(backends: list[Backend], models: Models, plan: Plan, errors:
 
         def progress(r, times):
             say(f"  round {r}: " + ", ".join(f"{n} {np.median(v) * 1e3:.0f} ms" for n, v in times.items()), clock)
-        times, foreign = interleaved_rounds(calls, on_round=progress, **plan.rounds(t))
+        times, foreign = interleaved_rounds(calls, on_round=progress, before_round=plan.gate.wait,
+                                            **plan.rounds(t))
         shares = [f for f in foreign if f is not None]
         case["foreign_cpu_share"] = float(np.median(shares)) if shares else None
         for r in temporary:
@@ -623,6 +625,7 @@ def measure_throughput(backends: list[Backend], models: Models, plan: Plan, erro
     for k, group in enumerate(groups):
         results = {}
         spent = dict.fromkeys(totals, 0.0)
+        plan.gate.wait()
         t_group = time.perf_counter()
         with ForeignCpu() as fc:
             for name in rotated([*scorers, *peaks], k):
@@ -923,10 +926,11 @@ def markdown(report: dict) -> str:
     lines += [f"Peak: fp32 GEMM {pk['size']}³ in {pk['library']} (the fastest at setup of "
                   f"{', '.join(f'{k} {v:.0f}' for k, v in pk['setup_gflops'].items())} GFLOP/s), "
                   f"{report['settings']['threads']} threads, timed in the same rounds, GFLOP/s: {peaks}."]
-    if head and head["backends"].get("ort_fp32", {}).get("speedup_vs_torch_clean") is not None:
-        hc = head["backends"]["ort_fp32"]
+    hc = head["backends"].get("ort_fp32", {}) if head else {}
+    if hc.get("speedup_vs_torch_clean") is not None:
         lines.append(f"At T = {HEADLINE_T}, {head['rounds_clean']} rounds had other processes under "
-                     f"{BUSY_SHARE:.0%} of the CPUs; on those: ort_fp32/torch_eager {hc['speedup_vs_torch_clean']:.2f}, "
+                     f"{BUSY_SHARE:.0%} of the CPUs; on those: ort_fp32/torch_eager "
+                     f"{hc['speedup_vs_torch_clean']:.2f}, "
                      f"fraction of peak {hc['fraction_of_peak_clean']:.2f}.")
     elif head:
         lines.append(f"At T = {HEADLINE_T}, {head.get('rounds_clean', 0)} rounds had other processes under "
@@ -942,10 +946,11 @@ def markdown(report: dict) -> str:
         for note in c.get("notes", []):
             lines.append(f"Note: {note}.")
     if thr:
+        src = thr["lengths_source"]
+        src = Path(src).name if src.endswith(".csv") else src
         lines += ["", f"### Throughput: {thr['videos']} videos, {thr['crops']} crops, {thr['snippets']} snippets "
                       f"(lengths p0/p10/p50/p90/p100 "
-                      f"{'/'.join(fmt(v, '.0f') for v in thr['length_percentiles'].values())}, from "
-                      f"{Path(thr['lengths_source']).name if thr['lengths_source'].endswith('.csv') else thr['lengths_source']}),"
+                      f"{'/'.join(fmt(v, '.0f') for v in thr['length_percentiles'].values())}, from {src}),"
                       f" runtime batching, {thr['groups']} interleaved group(s)", "",
                   "| backend | seconds | videos/s | snippet-crops/s | GFLOP/s | of peak | × torch | calls |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -994,10 +999,12 @@ def markdown(report: dict) -> str:
         if a is None:
             continue
         o = a["outputs"]
-        tol = f"{a['tolerance']} ({a['limit']:g} {a['metric']})" if a["tolerance"] else "reference"
+        tol = (f"{a['tolerance']} ({a['limit']:g} {a['metric']})" if a["tolerance"]
+               else "reference")
         lines.append(f"| {n} | {tol} | {o['score']['error']:.1e} | {o['dfm']['error']:.1e} | "
                      f"{o['anomaly']['error']:.1e} | {o['anomaly']['max_abs']:.1e} | "
-                     f"{'yes' if a['ok'] and d.get('ok', True) else '**NO**'} | {fmt(d.get('auc') and 100 * d['auc'])} | "
+                     f"{'yes' if a['ok'] and d.get('ok', True) else '**NO**'} | "
+                     f"{fmt(d.get('auc') and 100 * d['auc'])} | "
                      f"{fmt(d.get('delta_auc_points'), '+.3f')} | {fmt(d.get('ap') and 100 * d['ap'])} | "
                      f"{fmt(d.get('delta_ap_points'), '+.3f')} |")
     if demo:
@@ -1199,12 +1206,15 @@ def parse_ints(text: str | None, what: str) -> list[int] | None:
 @click.option("--no-memory", is_flag=True, help="Skip the per-backend memory processes.")
 @click.option("--trt-max", default="4,10,4096", show_default=True,
               help="N,C,T maximum of the TensorRT profiles (engines and the ONNX Runtime provider).")
+@click.option("--quiet-wait", type=click.FloatRange(0), default=0, show_default=True,
+              help="On a shared machine: before each timed round, wait until other processes use under 5% of "
+                   "the CPUs, up to this many seconds over the whole run.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random speed model.")
 @click.option("--memory-child", "memory_child_spec", hidden=True)
 @click.option("--demo-child", "demo_child_spec", hidden=True)
 def main(quick, out, backend_list, checkpoint, speed_checkpoint, preset, lengths_text, crops, threads,
-         workload_videos, workload_csv, demo_root, demo_steps, demo_videos, no_memory, trt_max, seed,
-         memory_child_spec, demo_child_spec):
+         workload_videos, workload_csv, demo_root, demo_steps, demo_videos, no_memory, trt_max, quiet_wait,
+         seed, memory_child_spec, demo_child_spec):
     """Latency, throughput, memory and accuracy of every backend against PyTorch, in one report."""
     if memory_child_spec or demo_child_spec:       # this file run as a helper process of a bench run
         try:
@@ -1230,9 +1240,12 @@ def main(quick, out, backend_list, checkpoint, speed_checkpoint, preset, lengths
             selected.insert(0, REFERENCE)     # everything is measured against it
     else:
         selected = [n for n, s in SPECS.items() if not quick or not (s.builds_engine or s.precision == "int8")]
+    gate = QuietGate(quiet_wait, BUSY_SHARE, on_wait=lambda share: say(
+        f"  other processes use {share:.0%} of the CPUs: waiting for them before the next timed round "
+        f"(--quiet-wait, {quiet_wait:.0f} s in all)", clock))
     plan = Plan(lengths=lengths, crops=crops, rounds=quick_rounds if quick else full_rounds,
                 workload_videos=workload_videos or (10 if quick else 200), workload_group=4 if quick else 8,
-                workload_crops=5, demo_steps=demo_steps or (QUICK_DEMO_STEPS if quick else None),
+                workload_crops=5, gate=gate, demo_steps=demo_steps or (QUICK_DEMO_STEPS if quick else None),
                 demo_videos=demo_videos or (30 if quick else None), memory=not no_memory)
     load_start = load_average()
     say(f"bnwvad bench ({'quick' if quick else 'full'}): {threads} threads, load average {load_start}, "
@@ -1365,7 +1378,9 @@ def build_report(*, quick, backends, models, plan, threads, lengths, crops, trt_
                                       or (load_start and load_end and max(load_start[0], load_end[0]) > cpus))},
         "settings": {"threads": threads, "lengths": lengths, "crops": crops,
                      "rounds": {str(t): plan.rounds(t) for t in lengths}, "workload_videos": plan.workload_videos,
-                     "workload_crops": plan.workload_crops, "demo_videos": len(videos), "trt_max": list(trt_max)},
+                     "workload_crops": plan.workload_crops, "demo_videos": len(videos), "trt_max": list(trt_max),
+                     "gap_s": GAP_S, "quiet_wait_s": plan.gate.budget_s, "quiet_waited_s": plan.gate.waited_s,
+                     "quiet_wait_gave_up": plan.gate.gave_up},
         "peak": peak,
         "models": {"speed": {**models.speed_source, "feature_dim": speed.config.feature_dim,
                              "embed_dim": speed.config.embed_dim, "config": speed.config.to_dict(),

@@ -31,6 +31,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from bnwvad.runtime.scoring import available_memory  # one reader of /proc/meminfo
+
 MIB = 2 ** 20
 # Pause before each timed call: ONNX Runtime's idle pool spins for more than 10 ms after a
 # call and slows whatever runs next (see interleaved_rounds).
@@ -291,18 +293,6 @@ def reset_hwm() -> bool:
         return True
     except OSError:
         return False
-
-
-def available_memory() -> int | None:
-    """MemAvailable (bytes) from /proc/meminfo, or None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 class PeakMemory:

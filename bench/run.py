@@ -1374,8 +1374,10 @@ def build_report(*, quick, backends, models, plan, threads, lengths, crops, trt_
         "onnxruntime_providers": onnxruntime.get_available_providers(),
         "load_average": {"start": load_start, "end": load_end,
                          "foreign_cpu_share_max": max(shares) if shares else None,
-                         "busy": bool((shares and max(shares) > BUSY_SHARE)
-                                      or (load_start and load_end and max(load_start[0], load_end[0]) > cpus))},
+                         # measured contention when there is a figure; the load average (which lags,
+                         # and counts this run's own threads) only where /proc/stat is missing
+                         "busy": bool(max(shares) > BUSY_SHARE if shares else
+                                      (load_start and load_end and max(load_start[0], load_end[0]) > cpus))},
         "settings": {"threads": threads, "lengths": lengths, "crops": crops,
                      "rounds": {str(t): plan.rounds(t) for t in lengths}, "workload_videos": plan.workload_videos,
                      "workload_crops": plan.workload_crops, "demo_videos": len(videos), "trt_max": list(trt_max),

@@ -131,7 +131,7 @@ def test_silent_cuda_fallback_is_detected_warned_or_raised(toy_onnx, fake_ort):
     fake = fake_ort(["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"])
     with pytest.warns(RuntimeWarning, match=r"session runs on \['CPUExecutionProvider'\] \(ort-cpu\)"):
         r = load_runner(toy_onnx, "ort-cuda")
-    assert fake.asked[0] == ("CUDAExecutionProvider", {"device_id": "0"})
+    assert fake.asked[0] == ("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})
     assert (r.requested, r.backend) == ("ort-cuda", "ort-cpu")
     assert "could not be initialised" in r.fallback and "onnxruntime-gpu" in r.fallback
     assert r.describe() == "ort-cpu [CPUExecutionProvider] (asked for ort-cuda)"

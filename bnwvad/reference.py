@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import convert_official, load_model
 from .optim import make_optimizer, train_step
-from .tolerances import TOLERANCES, error
+from .runtime.contract import TOLERANCES, error
 
 # Fields of the reference files that are inputs, not results to compare.
 INPUT_FIELDS = {"features", "n_normal", "ratio_sample", "ratio_batch"}

@@ -7,14 +7,14 @@ Needs torch and onnx (the `export` extra); TensorRT is imported only by `build_e
 """
 from .exporter import DEFAULT_OPSET, PRECISIONS, ExportError, ExportReport, export_onnx, load_source
 from .fold import DeployModel, FoldError, fold
-from .graph import INPUT_NAMES, OUTPUT_NAMES, GraphError, build_graph
+from .graph import GraphError, build_graph
 from .metadata import MetadataError, read_metadata
 from .trt_engine import EngineReport, Profile, TensorRTError, build_engine
-from .verify import VerificationError, VerificationReport, default_cases, verify_session
+from .verify import VerificationError, VerificationReport, default_cases, verify_runner
 
 __all__ = [
     "DEFAULT_OPSET", "DeployModel", "EngineReport", "ExportError", "ExportReport", "FoldError",
-    "GraphError", "INPUT_NAMES", "MetadataError", "OUTPUT_NAMES", "PRECISIONS", "Profile",
+    "GraphError", "MetadataError", "PRECISIONS", "Profile",
     "TensorRTError", "VerificationError", "VerificationReport", "build_engine", "build_graph",
-    "default_cases", "export_onnx", "fold", "load_source", "read_metadata", "verify_session",
+    "default_cases", "export_onnx", "fold", "load_source", "read_metadata", "verify_runner",
 ]

@@ -16,18 +16,17 @@ from bnwvad._version import __version__
 from bnwvad.checkpoint import checkpoint_info, load_model
 from bnwvad.config import get_preset
 from bnwvad.model import BNWVAD
-from bnwvad.tolerances import TOLERANCES, error
+from bnwvad.runtime.contract import FRAMES_PER_SNIPPET, PRECISIONS, TOLERANCES, error, tolerance_for
+from bnwvad.torch_runner import TorchRunner
 
 from .fold import fold
 from .graph import MAX_OPSET, MIN_OPSET, build_graph
 from .metadata import build_metadata, set_metadata, weights_digest
 from .quantize import quantize_int8
-from .verify import (TOLERANCE_FOR, VerificationError, VerificationReport, default_cases, fp16_arithmetic_cases,
-                     ort_runner, reference_runner, verify_session)
+from .verify import (OnnxReferenceRunner, VerificationReport, default_cases, fp16_arithmetic_cases,
+                     raise_unless_ok, verify_runner)
 
 DEFAULT_OPSET = 17
-PRECISIONS = ("fp32", "fp16", "int8")
-FRAMES_PER_SNIPPET = 16
 
 
 class ExportError(RuntimeError):
@@ -100,15 +99,13 @@ def _dry_run(model: BNWVAD, deploy, device) -> float:
     return max(errs)
 
 
-def _raise_unless_ok(report: VerificationReport, out: Path, precision: str, backend: str) -> None:
-    if report.ok:
-        return
-    bad = [c for c in report.cases if not c.ok]
-    worst = {k: v.max_rel for k, v in report.worst().items()}
-    raise VerificationError(
-        f"{out}: the {precision} graph ({backend}) does not reproduce the PyTorch model within "
-        f"{report.tolerance} ({report.limit:g}) on {len(bad)} case(s) ({', '.join(c.case for c in bad)}); "
-        f"worst rel errors {', '.join(f'{k} {v:.3g}' for k, v in worst.items())}; nothing was written", report)
+def _verification_session(path: Path):
+    """The written file on ONNX Runtime's CPU provider, as bnwvad-infer would open it, but
+    with the pool's spinning off: verification alternates ONNX Runtime and torch calls, and
+    spinning pool threads would take the cores torch's next op needs (10x slower on 2 cores)."""
+    from bnwvad.runtime.runners import OrtRunner
+
+    return OrtRunner(path, "ort-cpu", strict=True, session_config={"session.intra_op.allow_spinning": "0"})
 
 
 def export_onnx(source, out_path, *, preset: str | None = None, precision: str = "fp32",
@@ -122,7 +119,7 @@ def export_onnx(source, out_path, *, preset: str | None = None, precision: str =
     softmax, head and DFM; fp16 matmuls) or "int8" (dynamic int8 weights). With `verify`
     (default) the written file is run in ONNX Runtime against the unoptimised PyTorch model
     on `cases` (default: `verify.default_cases`) and must meet the precision's tolerance in
-    bnwvad/tolerances.py; otherwise VerificationError is raised and nothing is left at
+    the contract's tolerance table; otherwise VerificationError is raised and nothing is left at
     `out_path`. `external_data` stores the weights in `<out_path name>.data` beside it.
     """
     t0 = time.perf_counter()
@@ -187,21 +184,22 @@ def export_onnx(source, out_path, *, preset: str | None = None, precision: str =
             onnx.save_model(proto, tmp_model)
         report = fp16_report = None
         if verify:
-            tol = TOLERANCE_FOR[precision]
+            tol = tolerance_for(precision, "onnxruntime")
             say(f"verifying the written graph in ONNX Runtime (CPU) against the PyTorch model "
                 f"({tol}: max |ours - ref| / max |ref| <= {TOLERANCES[tol].limit:g})")
-            run = ort_runner(tmp_model)
-            report = verify_session(run, model, precision, device=next(model.parameters()).device,
-                                    cases=cases if cases is not None else default_cases(cfg.feature_dim, crops),
-                                    log=log)
-            _raise_unless_ok(report, out, precision, "ONNX Runtime")
+            reference = TorchRunner(model, device=next(model.parameters()).device)
+            with _verification_session(tmp_model) as ort_run:
+                report = verify_runner(ort_run, reference, tolerance=tol, precision=precision, log=log,
+                                       against="the PyTorch model",
+                                       cases=cases if cases is not None else default_cases(cfg.feature_dim, crops))
+            raise_unless_ok(report, out, f"the {precision} graph (ONNX Runtime)")
             if precision == "fp16":
                 say("verifying true fp16 arithmetic (onnx.reference: fp16 tensors stay fp16; ONNX Runtime's "
                     "CPU provider computes many fp16 ops in fp32)")
-                fp16_report = verify_session(reference_runner(tmp_model), model, precision, log=log,
-                                             device=next(model.parameters()).device,
-                                             cases=fp16_arithmetic_cases(cfg.feature_dim))
-                _raise_unless_ok(fp16_report, out, precision, "fp16 arithmetic (onnx.reference)")
+                fp16_report = verify_runner(OnnxReferenceRunner(tmp_model), reference, tolerance=tol,
+                                            precision=precision, against="the PyTorch model", log=log,
+                                            cases=fp16_arithmetic_cases(cfg.feature_dim))
+                raise_unless_ok(fp16_report, out, "the fp16 graph (fp16 arithmetic, onnx.reference)")
         data_path = None
         if external_data:
             data_path = out.parent / data_name

@@ -23,11 +23,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bnwvad.runtime.contract import OUTPUTS
+
 from .fold import COSINE_EPS, DeployModel
 
 F32, F16, I64, BOOL = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64, TensorProto.BOOL
-INPUT_NAMES = ("features", "lengths")
-OUTPUT_NAMES = ("score", "dfm", "anomaly")
 MIN_OPSET, MAX_OPSET = 17, 21
 # Smallest row max the fp16 embedding divides by (a normal fp32 number): an all-zero row
 # (padding) then scales to zeros instead of 0/0.
@@ -165,7 +165,7 @@ class _Emitter:
             x = self.block(i, blk, x, key_bias, g, u_shape, bte)
 
         score, dfm, anomaly = self.head(x)                                             # (B, T) each
-        for name, val in zip(OUTPUT_NAMES, (score, dfm, anomaly)):
+        for name, val in zip(OUTPUTS, (score, dfm, anomaly)):
             per_crop = b.op("Reshape", [val, nct], f"{name}_per_crop")                 # (N, C, T)
             b.nodes.append(helper.make_node(
                 "ReduceMean", [per_crop] + ([b.const([1], i64)] if b.opset >= 18 else []), [name],
@@ -173,7 +173,7 @@ class _Emitter:
 
         inputs = [helper.make_tensor_value_info("features", F32, ["N", "C", "T", d]),
                   helper.make_tensor_value_info("lengths", I64, ["N"])]
-        outputs = [helper.make_tensor_value_info(n, F32, ["N", "T"]) for n in OUTPUT_NAMES]
+        outputs = [helper.make_tensor_value_info(n, F32, ["N", "T"]) for n in OUTPUTS]
         return helper.make_graph(b.nodes, "bnwvad", inputs, outputs, b.inits)
 
     def embedding(self, x: str, e: int) -> str:
@@ -356,4 +356,4 @@ def build_graph(model: DeployModel, *, opset: int = MIN_OPSET, precision: str = 
     return proto
 
 
-__all__ = ["GRAPH_OPTIONS", "GraphError", "INPUT_NAMES", "MAX_OPSET", "MIN_OPSET", "OUTPUT_NAMES", "build_graph"]
+__all__ = ["GRAPH_OPTIONS", "GraphError", "MAX_OPSET", "MIN_OPSET", "build_graph"]

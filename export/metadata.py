@@ -1,27 +1,8 @@
-"""The metadata an exported graph carries: ONNX `metadata_props`, every value JSON.
+"""Writing and reading the metadata an exported graph carries (ONNX `metadata_props`).
 
-This is the export -> runtime contract's metadata half (DESIGN.md, "Inference graph"):
-the runtime reads these keys to validate its inputs, and the TensorRT sidecar JSON
-holds the same keys plus the engine's own. Keys and JSON value formats:
-
-    format              "bnwvad-onnx"
-    format_version      1
-    bnwvad_version      "0.1.0"
-    precision           "fp32" | "fp16" | "int8"
-    opset               17                       (default ONNX opset of the graph)
-    feature_dim         1024                     (D; features must be (N, C, T, D))
-    crops               5 | 10 | null            (crops per video the preset expects)
-    frames_per_snippet  16
-    preset              "ucf" | "xd" | "shanghaitech" | null
-    model_config        {...}                    (bnwvad.config.ModelConfig.to_dict())
-    source              "official_state_dict.pkl" | null   (file name of the checkpoint)
-    source_digest       "sha256:<hex>" | null    (of the checkpoint file)
-    weights_digest      "sha256:<hex>"           (of the float32 state_dict, sorted keys)
-    inputs              [{"name": "features", "dtype": "float32", "shape": ["N", "C", "T", 1024]},
-                         {"name": "lengths", "dtype": "int64", "shape": ["N"]}]
-    outputs             [{"name": "score" | "dfm" | "anomaly", "dtype": "float32", "shape": ["N", "T"]}]
-    anomaly             "product" | "classifier" | "dfm"   (what `anomaly` is per crop)
-    graph               {"builder": "bnwvad.export.graph", "options": {...}}
+The keys, their JSON values, the format name and version are the contract's
+(`bnwvad.runtime.contract.METADATA_KEYS`, documented there); this module fills them in from a
+model and checks them when reading a file back with onnx.
 """
 from __future__ import annotations
 
@@ -30,11 +11,7 @@ import json
 import os
 from typing import Any
 
-FORMAT = "bnwvad-onnx"
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format", "format_version", "bnwvad_version", "precision", "opset", "feature_dim",
-                 "crops", "frames_per_snippet", "preset", "model_config", "source", "source_digest",
-                 "weights_digest", "inputs", "outputs", "anomaly", "graph")
+from bnwvad.runtime.contract import FORMAT, FORMAT_VERSION, METADATA_KEYS, input_specs, output_specs
 
 
 class MetadataError(ValueError):
@@ -71,9 +48,8 @@ def build_metadata(*, config: dict, preset: str | None, crops: int | None, frame
         "source": source,
         "source_digest": source_digest,
         "weights_digest": weights,
-        "inputs": [{"name": "features", "dtype": "float32", "shape": ["N", "C", "T", d]},
-                   {"name": "lengths", "dtype": "int64", "shape": ["N"]}],
-        "outputs": [{"name": n, "dtype": "float32", "shape": ["N", "T"]} for n in ("score", "dfm", "anomaly")],
+        "inputs": input_specs(d),
+        "outputs": output_specs(),
         "anomaly": config.get("score", "product"),
         "graph": {"builder": "bnwvad.export.graph", "options": dict(graph_options)},
     }
@@ -108,12 +84,12 @@ def read_metadata(source) -> dict[str, Any]:
             meta[p.key] = json.loads(p.value)
         except json.JSONDecodeError as e:
             raise MetadataError(f"{where}: metadata {p.key!r} is not JSON ({e}): {p.value[:80]!r}") from None
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    missing = [k for k in METADATA_KEYS if k not in meta]
     if meta.get("format") != FORMAT or missing:
         raise MetadataError(f"{where}: not a bnwvad export: format={meta.get('format')!r} (expected "
                             f"{FORMAT!r}), missing metadata keys {missing}")
     return meta
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MetadataError", "REQUIRED_KEYS", "build_metadata",
+__all__ = ["MetadataError", "build_metadata",
            "read_metadata", "set_metadata", "weights_digest"]

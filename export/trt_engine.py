@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +22,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bnwvad.runtime.contract import tolerance_for
+from bnwvad.runtime.errors import BackendError
+
 from ..atomic import atomic_write_bytes
-from .graph import OUTPUT_NAMES
 from .metadata import read_metadata
 
 INSTALL_HINT = ("install TensorRT 10 or 11 for your CUDA version on a machine with an NVIDIA GPU: "
                 "`pip install 'bnwvad[tensorrt]'` (or `pip install tensorrt`), see "
                 "https://docs.nvidia.com/deeplearning/tensorrt/latest/installing-tensorrt/installing.html")
-TRT_TOLERANCE = {"fp32": "tensorrt_fp32", "fp16": "tensorrt_fp16"}
+TRT_PRECISIONS = ("fp32", "fp16")
 
 
 class TensorRTError(RuntimeError):
@@ -89,63 +93,27 @@ class EngineReport:
 
 
 def require_tensorrt():
-    """The tensorrt module, or a TensorRTError that says what is missing and how to get it."""
+    """The tensorrt module and a visible GPU, or a TensorRTError that says what is missing
+    and how to get it (the import itself is the runtime's one `import_tensorrt`)."""
+    from bnwvad.runtime import _cuda
+    from bnwvad.runtime.runners import import_tensorrt
+
     try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise TensorRTError(f"TensorRT is not installed (import tensorrt: {e}); {INSTALL_HINT}") from None
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise TensorRTError(f"TensorRT {trt.__version__} is too old: strongly typed fp16 builds need "
-                            f"TensorRT >= 10; {INSTALL_HINT}")
+        trt = import_tensorrt()
+    except BackendError as e:
+        raise TensorRTError(f"TensorRT is not installed or not usable: {e}; {INSTALL_HINT}") from None
     try:
-        import torch
-        has_gpu = torch.cuda.is_available()
-    except ImportError:
-        has_gpu = False
-    if not has_gpu:
-        raise TensorRTError(f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible "
-                            f"(torch.cuda.is_available() is False; a CPU-only torch build reads the same): "
-                            f"an engine must be built on the kind of GPU it will run on")
+        gpus = _cuda.device_count()
+    except BackendError as e:
+        raise TensorRTError(f"TensorRT {trt.__version__} is installed but the CUDA runtime is not: {e}") from None
+    if gpus < 1:
+        raise TensorRTError(f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible: an engine "
+                            f"must be built on the kind of GPU it will run on")
     return trt
 
 
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def trt_runner(engine: bytes, device: str = "cuda"):
-    """A `run(features, lengths) -> [score, dfm, anomaly]` over a serialised engine (torch CUDA buffers)."""
-    trt = require_tensorrt()
-    import torch
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
-    eng = runtime.deserialize_cuda_engine(engine)
-    if eng is None:
-        raise TensorRTError("the engine cannot be deserialised on this GPU / TensorRT version")
-    ctx = eng.create_execution_context()
-    dev = torch.device(device)
-
-    def run(features: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(dev)
-        n = torch.from_numpy(np.ascontiguousarray(lengths, dtype=np.int64)).to(dev)
-        ctx.set_input_shape("features", tuple(x.shape))
-        ctx.set_input_shape("lengths", tuple(n.shape))
-        ctx.set_tensor_address("features", x.data_ptr())
-        ctx.set_tensor_address("lengths", n.data_ptr())
-        outs = []
-        for name in OUTPUT_NAMES:
-            o = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=torch.float32, device=dev)
-            ctx.set_tensor_address(name, o.data_ptr())
-            outs.append(o)
-        stream = torch.cuda.current_stream(dev)
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise TensorRTError(f"TensorRT execution failed for input shape {tuple(x.shape)}")
-        stream.synchronize()
-        return [o.cpu().numpy() for o in outs]
-    run.engine = eng
-    return run
 
 
 def _engine_cases(feature_dim: int, crops: int | None, profile: Profile):
@@ -170,7 +138,7 @@ def build_engine(onnx_path, engine_path, *, profile: Profile | None = None, timi
     verify: run the engine on the GPU on the verification cases that fit the profile and
     compare with `reference` (a BNWVAD model or checkpoint path: the unoptimised PyTorch
     model) or, without one, with the ONNX graph itself in ONNX Runtime; the tolerance is
-    tensorrt_fp32 / tensorrt_fp16 of bnwvad/tolerances.py. Nothing is written on failure.
+    tensorrt_fp32 / tensorrt_fp16 of the contract's tolerance table. Nothing is written on failure.
     """
     say = log or (lambda _m: None)
     t0 = time.perf_counter()
@@ -179,7 +147,7 @@ def build_engine(onnx_path, engine_path, *, profile: Profile | None = None, timi
         raise TensorRTError(f"{onnx_path}: no such ONNX file")
     meta = read_metadata(onnx_path)
     precision = meta["precision"]
-    if precision not in TRT_TOLERANCE:
+    if precision not in TRT_PRECISIONS:
         raise TensorRTError(f"{onnx_path}: a {precision} graph cannot become a TensorRT engine (its dynamic "
                             f"int8 ops are ONNX Runtime's); export with --fp16 or fp32 for TensorRT")
     profile = (profile or Profile.default(meta.get("crops"))).validate()
@@ -219,29 +187,11 @@ def build_engine(onnx_path, engine_path, *, profile: Profile | None = None, timi
                             f"{profile.to_dict()} (see the TensorRT log above)")
     engine = bytes(serialized)
 
-    report = None
-    verified_against = None
-    if verify:
-        run = trt_runner(engine, device)
-        from .verify import verify_session
-        if reference is not None:
-            from .exporter import load_source
-            model, _ = load_source(reference, preset, device)
-            verified_against = "the PyTorch model"
-        else:
-            model = _OrtReference(onnx_path, d)
-            verified_against = "the ONNX graph in ONNX Runtime"
-        say(f"verifying the engine on {torch.cuda.get_device_name(torch.device(device))} against {verified_against}")
-        report = verify_session(run, model, precision, cases=_engine_cases(d, meta.get("crops"), profile),
-                                device=device if reference is not None else "cpu",
-                                tolerance=TRT_TOLERANCE[precision], log=log)
-        if not report.ok:
-            from .verify import VerificationError
-            raise VerificationError(f"{engine_path}: the engine does not match {verified_against} within "
-                                    f"{report.tolerance} ({report.limit:g}); nothing was written", report)
-
     dev = torch.device(device)
     major, minor = torch.cuda.get_device_capability(dev)
+    verified_against = None
+    if verify:
+        verified_against = "the PyTorch model" if reference is not None else "the ONNX graph in ONNX Runtime"
     side = dict(meta)
     side.update({
         "tensorrt_version": str(trt.__version__),
@@ -256,9 +206,15 @@ def build_engine(onnx_path, engine_path, *, profile: Profile | None = None, timi
         "timing_cache": cache_path.name,
         "verified_against": verified_against,
     })
+    side_bytes = json.dumps(side, indent=2, sort_keys=True).encode()
+    report = None
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    if verify:
+        report = _verify_engine(engine, side_bytes, engine_path, onnx_path, precision, profile, reference,
+                                preset, device, verified_against, say, log)
     sidecar = engine_path.with_name(engine_path.name + ".json")
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    atomic_write_bytes(sidecar, json.dumps(side, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(sidecar, side_bytes)
     atomic_write_bytes(engine_path, engine)
     rep = EngineReport(engine_path, sidecar, cache_path, side, report, time.perf_counter() - t0)
     say(rep.summary())
@@ -273,23 +229,38 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class _OrtReference:
-    """Quacks like the model for `verify_session`: the ONNX graph in ONNX Runtime (CPU)."""
+def _verify_engine(engine: bytes, side_bytes: bytes, engine_path: Path, onnx_path: Path, precision: str,
+                   profile: Profile, reference, preset, device, against: str, say, log):
+    """The engine, staged in a temporary folder beside its destination with its sidecar, on
+    the runtime's TensorRTRunner (what bnwvad-infer will run), against the PyTorch model or
+    the ONNX graph on ONNX Runtime's CPU provider. Raises VerificationError on a miss."""
+    from bnwvad.runtime.runners import OrtRunner, TensorRTRunner
 
-    def __init__(self, onnx_path: Path, feature_dim: int):
-        from .verify import ort_runner
-        self._run = ort_runner(onnx_path)
-        self.config = type("Cfg", (), {"feature_dim": feature_dim})()
+    from .verify import raise_unless_ok, verify_runner
 
-    def eval(self):
-        return self
+    stage = Path(tempfile.mkdtemp(prefix=f".{engine_path.name}.", suffix=".tmp", dir=engine_path.parent))
+    try:
+        staged = stage / engine_path.name
+        staged.write_bytes(engine)
+        (stage / (engine_path.name + ".json")).write_bytes(side_bytes)
+        if reference is not None:
+            from bnwvad.torch_runner import TorchRunner
 
-    def __call__(self, x, lengths=None):
-        import torch
-        n, _, t, _ = x.shape
-        lengths = lengths if lengths is not None else torch.full((n,), t, dtype=torch.int64)
-        outs = self._run(x.cpu().numpy(), lengths.cpu().numpy())
-        return tuple(torch.from_numpy(o) for o in outs)
+            from .exporter import load_source
+            model, _ = load_source(reference, preset, device)
+            ref = TorchRunner(model, device=device)
+        else:
+            ref = OrtRunner(onnx_path, "ort-cpu", strict=True)
+        with TensorRTRunner(staged) as trt_run, ref:
+            say(f"verifying the engine ({trt_run.describe()}) against {against}")
+            d = int(trt_run.meta.feature_dim)
+            report = verify_runner(trt_run, ref, tolerance=tolerance_for(precision, "tensorrt"),
+                                   cases=_engine_cases(d, trt_run.meta.crops, profile), precision=precision,
+                                   against=against, log=log)
+        raise_unless_ok(report, engine_path, f"the {precision} engine")
+        return report
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
-__all__ = ["EngineReport", "Profile", "TensorRTError", "build_engine", "require_tensorrt", "trt_runner"]
+__all__ = ["EngineReport", "Profile", "TensorRTError", "build_engine", "require_tensorrt"]

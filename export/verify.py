@@ -1,32 +1,27 @@
-"""Verification of an exported graph against the unoptimised PyTorch model.
+"""Verification of an exported graph: runners compared on the same inputs, Polygraphy-style.
 
-Each case feeds the same float32 inputs to the written ONNX file (ONNX Runtime, CPU) and
-to `bnwvad.model.BNWVAD` (not the folded model), and measures per output the max abs
-error and the max abs error relative to max |reference| (the `rel_to_max` metric of
-bnwvad/tolerances.py). Only real snippets (t < length) are compared: values past a
-video's length are not defined. A padded batch is compared with each video run alone,
-which is the contract (DESIGN.md, "Inference graph").
+Each case feeds the same float32 inputs to the runner under test (ONNX Runtime on the written
+file, a TensorRT engine, onnx.reference for true fp16 arithmetic) and to a reference runner
+(the unoptimised PyTorch model through `bnwvad.torch_runner.TorchRunner`, or the ONNX graph
+itself), and compares every output with `contract.compare_outputs` under the contract's one
+tolerance table. Only real snippets (t < length) count: values past a video's length are not
+defined. In an `alone` case the reference runs each video alone, which is the contract a padded
+batch must meet (DESIGN.md, "Inference graph").
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
-from bnwvad.model import BNWVAD
-from bnwvad.tolerances import TOLERANCES, error
-
-from .graph import OUTPUT_NAMES
-
-# Which tolerance of the one table applies to a precision.
-TOLERANCE_FOR = {"fp32": "onnx_fp32", "fp16": "onnx_fp16", "int8": "onnx_int8"}
+from bnwvad.runtime.contract import OUTPUTS, TOLERANCES, OutputDiff, Runner, compare_outputs
+from bnwvad.runtime.metadata import ModelMeta
+from bnwvad.runtime.validate import ShapeLimits
 
 
 class VerificationError(RuntimeError):
-    """An exported graph that does not reproduce the PyTorch model within tolerance."""
+    """An exported graph that does not reproduce the reference within tolerance."""
 
     def __init__(self, message: str, report: "VerificationReport"):
         super().__init__(message)
@@ -40,18 +35,7 @@ class Case:
     name: str
     features: np.ndarray
     lengths: np.ndarray
-    alone: bool = False          # compare each video with the model run on it alone
-
-
-@dataclass
-class OutputError:
-    output: str
-    max_abs: float
-    max_rel: float               # max |ours - ref| / max |ref| (rel_to_max)
-    finite: bool
-
-    def ok(self, limit: float) -> bool:
-        return self.finite and self.max_rel <= limit
+    alone: bool = False          # the reference runs each video alone
 
 
 @dataclass
@@ -59,39 +43,40 @@ class CaseResult:
     case: str
     shape: tuple[int, int, int]  # (N, C, T)
     lengths: list[int]
-    errors: list[OutputError]
+    diffs: list[OutputDiff]
     limit: float
 
     @property
     def ok(self) -> bool:
-        return all(e.ok(self.limit) for e in self.errors)
+        return all(d.within(self.limit) for d in self.diffs)
 
 
 @dataclass
 class VerificationReport:
     precision: str
-    tolerance: str               # key of bnwvad.tolerances.TOLERANCES
+    tolerance: str               # key of contract.TOLERANCES
     limit: float
+    against: str = "the reference"
     cases: list[CaseResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return all(c.ok for c in self.cases)
 
-    def worst(self) -> dict[str, OutputError]:
+    def worst(self) -> dict[str, OutputDiff]:
         """The largest relative error per output over all cases."""
-        out: dict[str, OutputError] = {}
+        out: dict[str, OutputDiff] = {}
         for c in self.cases:
-            for e in c.errors:
-                if e.output not in out or not e.finite or e.max_rel > out[e.output].max_rel:
-                    out[e.output] = e
+            for d in c.diffs:
+                if d.output not in out or not d.finite or d.max_rel > out[d.output].max_rel:
+                    out[d.output] = d
         return out
 
     def format(self) -> str:
-        lines = [f"{'case':34s} {'N,C,T':>12s}  " + "  ".join(f"{o + ' abs/rel':>22s}" for o in OUTPUT_NAMES)]
+        lines = [f"{'case':34s} {'N,C,T':>12s}  " + "  ".join(f"{o + ' abs/rel':>22s}" for o in OUTPUTS)]
         for c in self.cases:
-            cells = "  ".join(f"{e.max_abs:10.2e}/{e.max_rel:9.2e}{'' if e.ok(c.limit) else '!'}"
-                              for e in c.errors)
+            cells = "  ".join(f"{d.max_abs:10.2e}/{d.max_rel:9.2e}{'' if d.within(c.limit) else '!'}"
+                              for d in c.diffs)
             lines.append(f"{c.case:34s} {','.join(map(str, c.shape)):>12s}  {cells}  {'ok' if c.ok else 'FAIL'}")
         w = self.worst()
         lines.append(f"worst rel error ({self.tolerance}, limit {self.limit:g}): "
@@ -137,7 +122,7 @@ def default_cases(feature_dim: int, crops: int | None = None, seed: int = 0) -> 
 
 
 def fp16_arithmetic_cases(feature_dim: int, seed: int = 0) -> list[Case]:
-    """Small cases for `reference_runner` (numpy evaluates fp16 ops slowly): random,
+    """Small cases for `OnnxReferenceRunner` (numpy evaluates fp16 ops slowly): random,
     padded, sum z^2 > 65504 with every value inside fp16's range, and a 1e5 burst."""
     rng = np.random.default_rng(seed)
     d = feature_dim
@@ -155,113 +140,91 @@ def fp16_arithmetic_cases(feature_dim: int, seed: int = 0) -> list[Case]:
     ]
 
 
-def reference_runner(path):
-    """A `run(features, lengths)` on onnx.reference: every op computed in its tensors' own
-    dtype, so fp16 tensors really are fp16 (ONNX Runtime's CPU provider runs many fp16
-    ops in fp32 and drops lossy cast pairs, which hides fp16 overflow)."""
-    import onnx
-    from onnx.reference import ReferenceEvaluator
+class OnnxReferenceRunner:
+    """An ONNX file on onnx.reference: every op computed in its tensors' own dtype, so fp16
+    tensors really are fp16 (ONNX Runtime's CPU provider runs many fp16 ops in fp32 and drops
+    lossy cast pairs, which hides fp16 overflow). Slow: for small cases. A Runner."""
 
-    ev = ReferenceEvaluator(onnx.load(str(path)))
+    fallback = None
+    limits = ShapeLimits()
+    device = "cpu"
 
-    def run(features: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    def __init__(self, path):
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        from .metadata import read_metadata
+
+        self.path = str(path)
+        proto = onnx.load(self.path)
+        self._eval = ReferenceEvaluator(proto)
+        self.meta = ModelMeta(source=self.path, feature_dim=read_metadata(proto)["feature_dim"], crops=None)
+        self.requested = self.backend = "onnx-reference"
+        self.providers = [f"onnx {onnx.__version__} reference evaluator"]
+
+    def run(self, features: np.ndarray, lengths, *, check: bool = True) -> dict[str, np.ndarray]:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            return ev.run(list(OUTPUT_NAMES), {"features": features, "lengths": lengths})
-    return run
+            outs = self._eval.run(list(OUTPUTS), {"features": features, "lengths": np.asarray(lengths, np.int64)})
+        return dict(zip(OUTPUTS, outs))
+
+    def describe(self) -> str:
+        return f"{self.backend} [{self.providers[0]}]"
+
+    def close(self) -> None:
+        self._eval = None
 
 
-@contextlib.contextmanager
-def _exact_fp32():
-    """On CUDA, cuDNN convolutions default to TF32 (10-bit mantissa): the reference would
-    carry ~1e-3 errors of its own. Off for the duration, restored after."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def _reference(model: BNWVAD, case: Case, device) -> list[np.ndarray]:
-    """Per-output arrays (N, T) of the unoptimised model; NaN past each length."""
+def reference_outputs(reference: Runner, case: Case) -> dict[str, np.ndarray]:
+    """The reference's outputs (N, T) for a case; NaN past each length. In an `alone` case
+    each video is run on its own, unpadded."""
     n, _, t, _ = case.features.shape
-    out = [np.full((n, t), np.nan, dtype=np.float32) for _ in OUTPUT_NAMES]
-    with torch.no_grad(), _exact_fp32():
-        if case.alone:
-            for i, L in enumerate(case.lengths.tolist()):
-                x = torch.from_numpy(case.features[i:i + 1, :, :L]).to(device)
-                for arr, o in zip(out, model(x)):
-                    arr[i, :L] = o[0].float().cpu().numpy()
-        else:
-            x = torch.from_numpy(case.features).to(device)
-            lengths = torch.from_numpy(case.lengths).to(device)
-            for arr, o in zip(out, model(x, lengths)):
-                arr[:] = o.float().cpu().numpy()
+    if not case.alone:
+        return reference.run(case.features, case.lengths, check=False)
+    out = {k: np.full((n, t), np.nan, dtype=np.float32) for k in OUTPUTS}
+    for i, length in enumerate(case.lengths.tolist()):
+        one = reference.run(np.ascontiguousarray(case.features[i:i + 1, :, :length]),
+                            np.array([length], np.int64), check=False)
+        for k in OUTPUTS:
+            out[k][i, :length] = one[k][0]
     return out
 
 
-def compare(ours: list[np.ndarray], ref: list[np.ndarray], lengths: np.ndarray) -> list[OutputError]:
-    errors = []
-    for name, a, b in zip(OUTPUT_NAMES, ours, ref):
-        real = np.arange(a.shape[1])[None, :] < np.asarray(lengths)[:, None]     # (N, T)
-        a, b = np.asarray(a)[real], np.asarray(b)[real]
-        finite = bool(np.isfinite(a).all())
-        if finite:
-            max_abs = float(np.abs(a.astype(np.float64) - b).max()) if a.size else 0.0
-            rel = error(a, b, "rel_to_max")
-        else:
-            max_abs = rel = float("inf")
-        errors.append(OutputError(name, max_abs, rel, finite))
-    return errors
+def verify_runner(runner: Runner, reference: Runner, *, tolerance: str, cases: list[Case],
+                  precision: str = "fp32", against: str | None = None,
+                  log: Callable[[str], None] | None = None) -> VerificationReport:
+    """Run `runner` and `reference` on every case and compare them under TOLERANCES[tolerance].
 
-
-def verify_session(run: Callable[[np.ndarray, np.ndarray], list[np.ndarray]], model: BNWVAD,
-                   precision: str, *, cases: list[Case] | None = None, device="cpu",
-                   tolerance: str | None = None, log: Callable[[str], None] | None = None,
-                   ) -> VerificationReport:
-    """Run `run(features, lengths) -> [score, dfm, anomaly]` on every case and compare.
-
-    `run` is any backend (ONNX Runtime, TensorRT); the reference is `model` on `device`.
-    """
-    tol_name = tolerance or TOLERANCE_FOR[precision]
-    tol = TOLERANCES[tol_name]
+    against: how reports name the reference ("the PyTorch model"; default its describe())."""
+    tol = TOLERANCES[tolerance]
     if tol.metric != "rel_to_max":
-        raise ValueError(f"tolerance {tol_name} uses {tol.metric}; verification compares rel_to_max")
-    model = model.eval()
-    cases = cases if cases is not None else default_cases(model.config.feature_dim)
-    report = VerificationReport(precision, tol_name, tol.limit)
+        raise ValueError(f"tolerance {tolerance} uses {tol.metric}; verification compares rel_to_max")
+    report = VerificationReport(precision, tolerance, tol.limit, against=against or reference.describe())
     for i, case in enumerate(cases, 1):
-        ours = run(case.features, case.lengths)
-        ref = _reference(model, case, device)
+        ours = runner.run(case.features, case.lengths, check=False)
+        ref = reference_outputs(reference, case)
         n, c, t, _ = case.features.shape
-        res = CaseResult(case.name, (n, c, t), case.lengths.tolist(), compare(ours, ref, case.lengths), tol.limit)
+        res = CaseResult(case.name, (n, c, t), case.lengths.tolist(),
+                         compare_outputs(ours, ref, case.lengths), tol.limit)
         report.cases.append(res)
         if log:
-            errs = ", ".join(f"{e.output} abs {e.max_abs:.2e} rel {e.max_rel:.2e}" for e in res.errors)
+            errs = ", ".join(f"{d.output} abs {d.max_abs:.2e} rel {d.max_rel:.2e}" for d in res.diffs)
             log(f"  [{i}/{len(cases)}] {case.name:34s} N,C,T={n},{c},{t}: {errs}"
                 f"  {'ok' if res.ok else 'FAIL (limit %g)' % tol.limit}")
     return report
 
 
-def ort_runner(path_or_bytes, threads: int | None = None):
-    """A `run(features, lengths)` for an ONNX file or serialised model on ONNX Runtime's CPU EP."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    # Verification alternates ONNX Runtime and torch calls: ORT's pool threads spinning
-    # after each run would take the cores torch's next op needs (10x slower on 2 cores).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    src = str(path_or_bytes) if not isinstance(path_or_bytes, (bytes, bytearray)) else bytes(path_or_bytes)
-    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-
-    def run(features: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-        return sess.run(list(OUTPUT_NAMES), {"features": features, "lengths": lengths})
-    run.session = sess
-    return run
+def raise_unless_ok(report: VerificationReport, out, what: str) -> None:
+    """VerificationError naming the failing cases and the worst errors; `what` says what was
+    checked (e.g. "the fp16 graph (ONNX Runtime)")."""
+    if report.ok:
+        return
+    bad = [c for c in report.cases if not c.ok]
+    worst = {k: v.max_rel for k, v in report.worst().items()}
+    raise VerificationError(
+        f"{out}: {what} does not reproduce {report.against} within {report.tolerance} ({report.limit:g}) "
+        f"on {len(bad)} case(s) ({', '.join(c.case for c in bad)}); worst rel errors "
+        f"{', '.join(f'{k} {v:.3g}' for k, v in worst.items())}; nothing was written", report)
 
 
-__all__ = ["Case", "CaseResult", "OutputError", "TOLERANCE_FOR", "VerificationError",
-           "VerificationReport", "compare", "default_cases", "fp16_arithmetic_cases", "ort_runner",
-           "reference_runner", "verify_session"]
+__all__ = ["Case", "CaseResult", "OnnxReferenceRunner", "VerificationError", "VerificationReport",
+           "default_cases", "fp16_arithmetic_cases", "raise_unless_ok", "reference_outputs", "verify_runner"]

@@ -1,10 +1,8 @@
 """The exported model's metadata: what the runtime validates inputs against.
 
-`bnwvad.export` writes `metadata_props` into the ONNX file (JSON values; the keys are
-documented in export/metadata.py) and the same mapping into a TensorRT engine's JSON sidecar.
-The runtime never imports the exporter (it needs torch and onnx): the key names it reads live
-in ONE table, `KEYS`, below; the first name of each entry is the exporter's, the others are
-tolerated spellings.
+`bnwvad.export` writes `metadata_props` into the ONNX file (JSON values) and the same mapping
+into a TensorRT engine's JSON sidecar. The keys, the format name and version are the
+contract's (`bnwvad.runtime.contract.METADATA_KEYS`): one name per field, nothing else read.
 """
 from __future__ import annotations
 
@@ -13,32 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .contract import FORMAT, FORMAT_VERSION, FRAMES_PER_SNIPPET
 from .errors import ModelLoadError
 
-# field -> metadata keys that may hold it, the exporter's own name first.
-KEYS: dict[str, tuple[str, ...]] = {
-    "feature_dim": ("feature_dim", "bnwvad.feature_dim", "features_dim", "D"),
-    "crops": ("crops", "crops_expected", "bnwvad.crops", "num_crops"),
-    "frames_per_snippet": ("frames_per_snippet", "bnwvad.frames_per_snippet", "snippet_frames"),
-    "precision": ("precision", "bnwvad.precision"),
-    "opset": ("opset", "bnwvad.opset", "opset_version"),
-    "version": ("bnwvad_version", "package_version", "bnwvad.version", "version"),
-    "model_config": ("model_config", "bnwvad.model_config", "config"),
-    "preset": ("preset", "dataset_preset", "bnwvad.preset", "dataset"),
-    "source_digest": ("source_digest", "checkpoint_digest", "source_checkpoint_digest",
-                      "bnwvad.source_digest", "source_sha256"),
-    "source": ("source", "checkpoint"),
-    "weights_digest": ("weights_digest",),
-    "anomaly": ("anomaly", "score_kind"),
-    "format": ("format",),
-    "format_version": ("format_version",),
-}
-FORMAT = "bnwvad-onnx"          # the exporter's `format` value
-FORMAT_VERSION = 1              # the newest metadata layout this runtime reads
-# The contract's tensor names (DESIGN.md, "Inference graph").
-INPUTS = ("features", "lengths")
-OUTPUTS = ("score", "dfm", "anomaly")
-DEFAULT_FRAMES_PER_SNIPPET = 16
+
+# ModelMeta field -> the metadata key that holds it (contract.METADATA_KEYS).
+_FIELDS = {"feature_dim": "feature_dim", "crops": "crops", "frames_per_snippet": "frames_per_snippet",
+           "precision": "precision", "opset": "opset", "version": "bnwvad_version",
+           "model_config": "model_config", "preset": "preset", "source_digest": "source_digest",
+           "source": "source", "weights_digest": "weights_digest", "anomaly": "anomaly",
+           "format": "format", "format_version": "format_version"}
 
 
 def _decode(value: Any) -> Any:
@@ -49,20 +31,6 @@ def _decode(value: Any) -> Any:
         return json.loads(value)
     except (ValueError, TypeError):
         return value
-
-
-def _lookup(props: Mapping[str, Any], names: tuple[str, ...]) -> Any:
-    for name in names:
-        if name in props:
-            return props[name]
-    # One level of nesting: an exporter may group everything under a single JSON key
-    # (but a model config's own fields, e.g. its feature_dim, are read only through it).
-    for key, value in props.items():
-        if isinstance(value, dict) and key not in KEYS["model_config"]:
-            for name in names:
-                if name in value:
-                    return value[name]
-    return None
 
 
 def _as_int(value: Any, what: str, source: str) -> int | None:
@@ -89,7 +57,7 @@ class ModelMeta:
     source: str
     feature_dim: int | None
     crops: int | None
-    frames_per_snippet: int = DEFAULT_FRAMES_PER_SNIPPET
+    frames_per_snippet: int = FRAMES_PER_SNIPPET
     precision: str | None = None
     opset: int | None = None
     version: str | None = None
@@ -138,7 +106,7 @@ def meta_from_props(props: Mapping[str, Any], source: str, *,
     it and checked against it when both are present.
     """
     raw = {str(k): _decode(v) for k, v in props.items()}
-    get = {name: _lookup(raw, keys) for name, keys in KEYS.items()}
+    get = {name: raw.get(key) for name, key in _FIELDS.items()}
     if get["format"] is not None and get["format"] != FORMAT:
         raise ModelLoadError(f"{source}: metadata format = {get['format']!r}; expected {FORMAT!r} "
                              f"(a model exported by bnwvad-export)")
@@ -160,7 +128,7 @@ def meta_from_props(props: Mapping[str, Any], source: str, *,
         source=source,
         feature_dim=d,
         crops=_as_int(get["crops"], "crops", source),
-        frames_per_snippet=fps or DEFAULT_FRAMES_PER_SNIPPET,
+        frames_per_snippet=fps or FRAMES_PER_SNIPPET,
         precision=None if get["precision"] is None else str(get["precision"]),
         opset=_as_int(get["opset"], "opset", source),
         version=None if get["version"] is None else str(get["version"]),
@@ -203,3 +171,64 @@ def meta_from_sidecar(engine: str | Path, sidecar: str | Path | None = None) -> 
     if isinstance(data.get("metadata"), dict):
         data = {**data, **data["metadata"]}
     return meta_from_props(data, str(engine))
+
+
+def _varint(buf: bytes | memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def onnx_metadata_props(path: str | Path) -> dict[str, str]:
+    """The `metadata_props` of an ONNX file, read straight off its protobuf encoding.
+
+    The runtime needs the metadata (D, for one) before it opens a session, for example to give
+    ONNX Runtime's TensorRT provider its profile shapes; onnx is not a runtime dependency and a
+    second InferenceSession just to read them costs a model load. ModelProto's top-level
+    fields are walked (field 14 = metadata_props, entries key = 1, value = 2), the graph is
+    skipped by its length. Raises ModelLoadError for a file that is not such a protobuf.
+    """
+    path = Path(path)
+    try:
+        data = memoryview(path.read_bytes())
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot be read ({e})") from None
+    props: dict[str, str] = {}
+    i = 0
+    try:
+        while i < len(data):
+            tag, i = _varint(data, i)
+            field_no, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, i = _varint(data, i)
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            elif wire == 2:
+                size, i = _varint(data, i)
+                if i + size > len(data):
+                    raise ValueError("field runs past the end of the file")
+                if field_no == 14:
+                    entry, j, key, value = data[i:i + size], 0, "", ""
+                    while j < len(entry):
+                        etag, j = _varint(entry, j)
+                        n, j = _varint(entry, j)
+                        text = bytes(entry[j:j + n]).decode("utf-8")
+                        key, value = (text, value) if etag >> 3 == 1 else (key, text)
+                        j += n
+                    props[key] = value
+                i += size
+            else:
+                raise ValueError(f"wire type {wire}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path}: not an ONNX model ({e}); expected an .onnx file written by "
+                             f"bnwvad-export") from None
+    return props

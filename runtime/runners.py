@@ -19,7 +19,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import BackendError, ModelLoadError
-from .metadata import INPUTS, OUTPUTS, ModelMeta, meta_from_props, meta_from_sidecar
+from .contract import INPUTS, OUTPUTS
+from .metadata import ModelMeta, meta_from_props, meta_from_sidecar, onnx_metadata_props
 from .validate import ShapeLimits, validate_inputs
 
 log = logging.getLogger("bnwvad.runtime")
@@ -39,12 +40,13 @@ _GPU_FIX = ("Fix: install onnxruntime-gpu instead of onnxruntime (pip install 'b
             "library path (and TensorRT 10 for the TensorRT provider), or choose --backend ort-cpu")
 
 
-class Runner:
-    """The interface every backend implements.
+class BaseRunner:
+    """The base of the runtime's runners; the interface is `bnwvad.runtime.contract.Runner`.
 
     Attributes: path, meta (ModelMeta), requested (the backend asked for), backend (the one
     that actually runs), providers (ONNX Runtime providers in use, or ["TensorRT"]),
     device ("cpu" | "cuda"), limits (ShapeLimits), fallback (a message, or None).
+    Subclasses implement `_run` on validated inputs.
     """
 
     path: Path
@@ -56,16 +58,15 @@ class Runner:
     limits: ShapeLimits = ShapeLimits()
     fallback: str | None = None
 
-    def run(self, features: np.ndarray, lengths, *, check_crops: bool = True,
-            check_finite: bool = True) -> dict[str, np.ndarray]:
+    def run(self, features: np.ndarray, lengths, *, check: bool = True) -> dict[str, np.ndarray]:
         """features (N, C, T, D) float32 zero-padded, lengths (N,) -> score/dfm/anomaly (N, T) float32.
 
-        Inputs are validated against the metadata first (InputError); check_crops and
-        check_finite skip the crop-count and NaN/inf checks for callers that did them per
-        video. Values past a video's length are not defined.
+        check=True validates the inputs against the metadata first (InputError). The
+        Scorer validates each video where it enters and passes check=False. Values past a
+        video's length are not defined.
         """
-        features, lengths = validate_inputs(features, lengths, self.meta, limits=self.limits,
-                                            check_crops=check_crops, check_finite=check_finite)
+        if check:
+            features, lengths = validate_inputs(features, lengths, self.meta, limits=self.limits)
         out = self._run(features, lengths)
         n, _, t, _ = features.shape
         for name in OUTPUTS:
@@ -111,7 +112,9 @@ def _import_ort():
     return ort
 
 
-def _import_tensorrt():
+def import_tensorrt():
+    """The tensorrt module (10 or newer), or BackendError saying what is missing and the fix.
+    The one place bnwvad imports TensorRT (the runtime's runner and the engine builder)."""
     try:
         import tensorrt as trt
     except ImportError as e:
@@ -149,7 +152,7 @@ def resolve_backend(path: Path, backend: str, available: list[str] | None = None
     return backend
 
 
-class OrtRunner(Runner):
+class OrtRunner(BaseRunner):
     """An .onnx model through an ONNX Runtime InferenceSession.
 
     threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
@@ -157,12 +160,14 @@ class OrtRunner(Runner):
     (faster, but the process holds its peak); off returns memory after each call.
     trt_options: extra TensorRT-provider options (strings), e.g. {"trt_engine_cache_path": dir}.
     trt_max_shape: (N, C, T) the TensorRT provider's profile must cover.
+    session_config: extra ONNX Runtime session config entries (add_session_config_entry).
     """
 
     def __init__(self, path: str | Path, backend: str = "auto", *, strict: bool = False,
                  threads: int | None = None, device_id: int = 0, arena: bool = True,
                  trt_options: Mapping[str, Any] | None = None,
-                 trt_max_shape: tuple[int, int, int] = (32, 10, 4096)):
+                 trt_max_shape: tuple[int, int, int] = (32, 10, 4096),
+                 session_config: Mapping[str, str] | None = None):
         self.path = Path(path)
         ort = _import_ort()
         if not self.path.is_file():
@@ -188,6 +193,8 @@ class OrtRunner(Runner):
         so.enable_cpu_mem_arena = bool(arena)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3   # errors only: a fallback is reported by us, with the fix
+        for key, value in (session_config or {}).items():
+            so.add_session_config_entry(str(key), str(value))
         providers = []
         for name in wanted:
             if name == "CPUExecutionProvider":
@@ -241,15 +248,10 @@ class OrtRunner(Runner):
         return opts
 
     def _peek_feature_dim(self) -> int | None:
-        """D from the graph's input shape, without loading a session (onnx is not a runtime
-        dependency: read it with a CPU session, which is cheap for this small graph)."""
-        try:
-            ort = _import_ort()
-            s = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-            shape = s.get_inputs()[0].shape
-            return shape[-1] if isinstance(shape[-1], int) else None
-        except Exception:
-            return None
+        """D from the file's metadata, read before any session exists (the TensorRT
+        provider needs its profile shapes up front)."""
+        props = onnx_metadata_props(self.path)
+        return meta_from_props(props, str(self.path)).feature_dim
 
     def _check_io(self) -> None:
         ins = {i.name: i for i in self.session.get_inputs()}
@@ -276,7 +278,7 @@ class OrtRunner(Runner):
         self.session = None
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(BaseRunner):
     """A serialized TensorRT engine (+ JSON sidecar with the ONNX metadata), run natively.
 
     Device buffers are allocated through libcudart (ctypes) and grown as batches need;
@@ -293,7 +295,7 @@ class TensorRTRunner(Runner):
             raise ModelLoadError(f"{self.path}: no such engine file; expected a TensorRT engine "
                                  f"built by bnwvad-export")
         self.meta = meta_from_sidecar(self.path, sidecar)
-        trt = _import_tensorrt()
+        trt = import_tensorrt()
         self._trt, self._cuda = trt, _cuda
         if _cuda.device_count() < 1:
             raise BackendError("the native TensorRT backend needs an NVIDIA GPU; CUDA sees none. "
@@ -369,7 +371,7 @@ class TensorRTRunner(Runner):
 
 def load_runner(model: str | Path, backend: str = "auto", *, strict: bool = False,
                 threads: int | None = None, device_id: int = 0, arena: bool = True,
-                sidecar: str | Path | None = None, **ort_kwargs) -> Runner:
+                sidecar: str | Path | None = None, **ort_kwargs) -> BaseRunner:
     """Open an exported model on a backend; see the module docstring.
 
     backend: auto | ort-cpu | ort-cuda | ort-trt | tensorrt. `auto` picks tensorrt for an
@@ -380,8 +382,7 @@ def load_runner(model: str | Path, backend: str = "auto", *, strict: bool = Fals
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if path.suffix.lower() in ENGINE_SUFFIXES:
-        resolve_backend(path, backend, available=[])
+        resolve_backend(path, backend, available=[])     # an engine runs only on tensorrt
         return TensorRTRunner(path, sidecar=sidecar, device_id=device_id, strict=strict)
-    resolve_backend(path, backend, available=[])   # reject tensorrt + .onnx early
     return OrtRunner(path, backend, strict=strict, threads=threads, device_id=device_id,
                      arena=arena, **ort_kwargs)

@@ -29,13 +29,12 @@ class ShapeLimits:
     min_t: int = 1
 
 
-def validate_inputs(features, lengths, meta: ModelMeta, *, limits: ShapeLimits | None = None,
-                    check_crops: bool = True, check_finite: bool = True
+def validate_inputs(features, lengths, meta: ModelMeta, *, limits: ShapeLimits | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """features (N, C, T, D) float32 and lengths (N,) int64 -> the same, C-contiguous.
 
-    check_crops: require C == meta.crops (the scorer turns it off for a video it splits
-    into crop chunks, having checked the whole video's C itself).
+    What a direct call of `Runner.run` gets; the Scorer checks each video where it enters
+    (its crop count may be split into chunks) and runs validated batches unchecked.
     """
     if not isinstance(features, np.ndarray):
         raise InputError(f"features: got a {type(features).__name__}; expected a numpy array "
@@ -54,10 +53,10 @@ def validate_inputs(features, lengths, meta: ModelMeta, *, limits: ShapeLimits |
         raise InputError(f"features: D = {d} (shape {features.shape}); the model expects "
                          f"D = {meta.feature_dim} ({meta.describe()}). Fix: use features from the "
                          f"extractor the model was trained on (I3D: 1024, I3D + VGGish: 1152)")
-    if check_crops and meta.crops is not None and c != meta.crops:
+    if meta.crops is not None and c != meta.crops:
         raise InputError(f"features: {c} crops (shape {features.shape}); the model expects "
                          f"{meta.crops} ({meta.describe()}). Fix: pass all {meta.crops} crops of "
-                         f"each video, or disable the crop check to average the crops you have")
+                         f"each video, or score them with a Scorer (crops=None) to average the crops you have")
     lim = limits or ShapeLimits()
     for axis, value, lo, hi in (("N", n, lim.min_n, lim.max_n), ("C", c, lim.min_c, lim.max_c),
                                 ("T", t, lim.min_t, lim.max_t)):
@@ -76,7 +75,7 @@ def validate_inputs(features, lengths, meta: ModelMeta, *, limits: ShapeLimits |
         i = int(bad[0])
         raise InputError(f"lengths: video {i} has length {int(lengths[i])}; expected 1 <= length <= "
                          f"T = {t} (the padded snippet axis). Fix: lengths[i] = real snippet count")
-    if check_finite and not np.isfinite(features).all():
+    if not np.isfinite(features).all():
         v, cr, sn, dd = (int(x) for x in np.argwhere(~np.isfinite(features))[0])
         raise InputError(f"features: {features[v, cr, sn, dd]} at video {v}, crop {cr}, snippet {sn}, "
                          f"dim {dd}; expected finite values. Fix: drop or repair the video")

@@ -7,7 +7,7 @@ import torch
 
 from _helpers import devices
 from bnwvad import ModelConfig, build_model
-from bnwvad.tolerances import check
+from bnwvad.runtime.contract import check
 
 TINY = dict(feature_dim=24, embed_dim=16, heads=2, head_dim=8, mlp_dim=16, hidden_dims=(8, 4))
 

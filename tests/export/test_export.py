@@ -6,12 +6,12 @@ import onnx
 import pytest
 import torch
 
-import bnwvad.tolerances as tolerances
+import bnwvad.runtime.contract as contract
 from bnwvad import save_checkpoint
 from bnwvad.export import ExportError, VerificationError, export_onnx, read_metadata
 from bnwvad.export.graph import GraphError, build_graph
 from bnwvad.export.fold import fold
-from bnwvad.tolerances import check
+from bnwvad.runtime.contract import check
 
 
 def _run(sess, x, lengths):
@@ -89,7 +89,7 @@ def test_in_memory_model_has_no_source_digest_but_a_weights_digest(tiny, tmp_pat
 def test_failed_verification_leaves_nothing_and_keeps_the_old_file(tiny, tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"previous export")
-    monkeypatch.setitem(tolerances.TOLERANCES, "onnx_fp32", tolerances.Tolerance(0.0, "rel_to_max", "test"))
+    monkeypatch.setitem(contract.TOLERANCES, "onnx_fp32", contract.Tolerance(0.0, "rel_to_max", "test"))
     with pytest.raises(VerificationError, match="does not reproduce the PyTorch model") as e:
         export_onnx(tiny(), out)
     assert not e.value.report.ok

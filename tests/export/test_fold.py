@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from bnwvad.export import FoldError, build_graph, fold
-from bnwvad.tolerances import check
+from bnwvad.runtime.contract import check
 
 
 def _inputs(d, seed=0):

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from bnwvad.export.fold import fold
 from bnwvad.export.graph import build_graph
-from bnwvad.tolerances import check
+from bnwvad.runtime.contract import check
 
 F16, F32 = TensorProto.FLOAT16, TensorProto.FLOAT
 

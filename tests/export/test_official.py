@@ -8,7 +8,7 @@ import pytest
 
 from bnwvad import __version__
 from bnwvad.checkpoint import file_digest
-from bnwvad.tolerances import TOLERANCES, check, error
+from bnwvad.runtime.contract import TOLERANCES, check, error
 
 CASES = ["infer_1crop_T1.npz", "infer_1crop_T2.npz", "infer_ucf_10crop_T64.npz", "infer_xd_5crop_T137.npz"]
 

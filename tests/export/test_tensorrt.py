@@ -83,13 +83,14 @@ def test_engine_matches_pytorch_on_the_gpu(reference_dir, official_fp32, officia
     rep2 = build_engine(src.path, tmp_path / "m2.engine", profile=profile, timing_cache=rep.timing_cache)
     assert rep2.verification.ok                                 # against the ONNX graph in ORT
 
-    # The published reference outputs through the engine.
-    from bnwvad.export.trt_engine import trt_runner
-    from bnwvad.tolerances import check
+    # The published reference outputs through the engine, on the runtime's runner.
+    from bnwvad.runtime import load_runner
+    from bnwvad.runtime.contract import check, tolerance_for
 
-    run = trt_runner(rep.path.read_bytes())
-    with np.load(reference_dir / "infer_xd_5crop_T137.npz", allow_pickle=False) as z:
-        f, want = z["features"], z["anomaly_crop_mean"]
-    got = run(f[None], np.array([f.shape[1]], np.int64))[2][0]
-    err, ok = check({"fp32": "tensorrt_fp32", "fp16": "tensorrt_fp16"}[precision], got, want)
+    with load_runner(rep.path, "tensorrt", strict=True) as runner:
+        assert runner.backend == "tensorrt" and runner.meta.crops == 5
+        with np.load(reference_dir / "infer_xd_5crop_T137.npz", allow_pickle=False) as z:
+            f, want = z["features"], z["anomaly_crop_mean"]
+        got = runner.run(f[None], np.array([f.shape[1]], np.int64))["anomaly"][0]
+    err, ok = check(tolerance_for(precision, "tensorrt"), got, want)
     assert ok, err

@@ -26,10 +26,26 @@ def test_metadata_is_read_from_the_onnx_file(toy_onnx):
     assert m.model_config["heads"] == 2 and m.source_digest == "sha256:toy" and m.opset == 17
 
 
-def test_metadata_accepts_alternative_and_nested_key_spellings():
-    m = meta_from_props({"bnwvad": json.dumps({"crops_expected": 5, "dataset_preset": "xd",
-                                               "model_config": {"feature_dim": 1024, "heads": 4}})}, "x")
+def test_metadata_reads_the_contracts_keys_and_no_other_spelling():
+    m = meta_from_props({"crops": "5", "preset": '"xd"', "model_config": json.dumps({"feature_dim": 1024, "heads": 4})},
+                        "x")
     assert (m.crops, m.preset, m.feature_dim, m.heads) == (5, "xd", 1024, 4)
+    # Spellings nothing writes are not guessed at: a model without the contract's keys has no crop count.
+    m = meta_from_props({"crops_expected": "5", "dataset_preset": '"xd"', "D": "1024"}, "x")
+    assert (m.crops, m.preset, m.feature_dim) == (None, None, None)
+
+
+def test_metadata_props_are_read_without_onnx_or_a_session(toy_onnx, tmp_path):
+    import onnx
+
+    from bnwvad.runtime.metadata import onnx_metadata_props
+
+    want = {p.key: p.value for p in onnx.load(str(toy_onnx)).metadata_props}
+    assert onnx_metadata_props(toy_onnx) == want and json.loads(want["feature_dim"]) == TOY_D
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\xff\xff\xff")
+    with pytest.raises(ModelLoadError, match="bad.onnx: not an ONNX model"):
+        onnx_metadata_props(bad)
 
 
 def test_metadata_disagreeing_with_the_graph_is_an_error(tmp_path):
@@ -97,12 +113,14 @@ class _FakeOrt:
         self.SessionOptions = real.SessionOptions
         self.GraphOptimizationLevel = real.GraphOptimizationLevel
         self.asked = None
+        self.sessions = []          # the SessionOptions of every session opened
 
     def get_available_providers(self):
         return list(self._available)
 
     def InferenceSession(self, path, sess_options=None, providers=None):  # noqa: N802 - ORT's name
         self.asked = providers
+        self.sessions.append(sess_options)
         session = self._real.InferenceSession(path, sess_options=sess_options,
                                               providers=["CPUExecutionProvider"])
         runs_on = list(self._runs_on)
@@ -157,6 +175,14 @@ def test_tensorrt_provider_falling_back_to_cuda_is_reported(toy_onnx, fake_ort):
     trt_opts = dict(fake.asked[0][1])
     assert trt_opts["trt_profile_max_shapes"] == f"features:32x10x4096x{TOY_D},lengths:32"
     assert r.limits == ShapeLimits()      # the TensorRT profile limits only apply when it runs
+    # D for the profile came from the file's metadata: one session, not a second one to peek at D.
+    assert len(fake.sessions) == 1
+
+
+def test_session_config_entries_reach_onnx_runtime(toy_onnx, fake_ort):
+    fake = fake_ort(["CPUExecutionProvider"], ["CPUExecutionProvider"])
+    load_runner(toy_onnx, "ort-cpu", session_config={"session.intra_op.allow_spinning": "0"})
+    assert fake.sessions[0].get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_auto_accepts_a_fallback_even_when_strict(toy_onnx, fake_ort):

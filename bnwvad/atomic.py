@@ -11,6 +11,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
+# The process umask, read ONCE here. os.umask can only be read by setting it, and setting it
+# at every write would race with other threads creating files meanwhile (they would create
+# them with umask 0); a umask changed later in the process is therefore not seen.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call write(binary_file) on a temp file beside `path`, then rename it onto `path`."""
@@ -18,11 +24,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # mkstemp creates 0600; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
+            # mkstemp creates 0600; give the result the permissions a plain open() would.
+            os.chmod(tmp, 0o666 & ~_UMASK)
             write(f)
             f.flush()
             os.fsync(f.fileno())

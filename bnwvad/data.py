@@ -57,7 +57,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .features import (FeatureFileError, ListEntry, Video, group_videos, load_features,
-                       load_video, read_list)
+                       load_video, read_list, read_npy_header)
 
 AUDIO_SUFFIX = "__vggish"
 # Largest visual/audio length difference that is trimmed rather than refused.
@@ -190,21 +190,6 @@ class Sample:
         return f"{self.path}" if self.crop is None else f"{self.path}[{self.crop}]"
 
 
-def npy_shape(path: Path) -> tuple[int, ...]:
-    """The shape in a .npy header, without reading the data (for stacked crop counts)."""
-    if not Path(path).is_file():
-        raise FeatureFileError(f"{path}: no such feature file")
-    try:
-        # A memory map reads only the header; object arrays refuse to map (never unpickled).
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        shape = tuple(int(n) for n in arr.shape)
-        del arr
-    except (ValueError, OSError, EOFError) as e:
-        raise FeatureFileError(f"{path}: not a readable .npy file ({e}); expected a float32 "
-                               f"array of shape (T, D) or (T, C, D)") from None
-    return shape
-
-
 def _folder_in_list(entry: ListEntry) -> str | None:
     """The folder holding a list line's file (`train` for `train/x__0.npy`), for audio lookup."""
     return entry.path.parent.name or None
@@ -233,14 +218,9 @@ def load_train_samples(list_file: str | Path, root: str | Path | None = None, *,
     for v in videos:
         a = audio.path_for(v.name, v.paths[0], folders.get(v.name)) if audio is not None else None
         if v.stacked:
-            shape = npy_shape(v.paths[0])
-            if len(shape) == 2:          # a single-crop video stored without crop suffix
-                crops: Sequence[int | None] = [None]
-            elif len(shape) == 3:
-                crops = range(shape[1])
-            else:
-                raise FeatureFileError(f"{v.paths[0]}: array of shape {shape}; expected (T, D) "
-                                       f"or (T, C, D)")
+            shape, _ = read_npy_header(v.paths[0], ndim=(2, 3))      # crop count, no data read
+            # (T, D): a single-crop video stored without crop suffix; (T, C, D): C crops.
+            crops: Sequence[int | None] = [None] if len(shape) == 2 else range(shape[1])
             samples = [Sample(v.paths[0], v.name, int(v.label), c, a) for c in crops]
         else:
             samples = [Sample(p, v.name, int(v.label), None, a) for p in v.paths]

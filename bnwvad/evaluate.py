@@ -24,7 +24,7 @@ import numpy as np
 from .features import Video, group_videos, load_video, read_list
 from .metrics import (FRAMES_PER_SNIPPET, Annotations, EvaluationError, evaluate_scores,
                       read_annotations, read_snippet_counts, snippet_counts_from_features)
-from .plot import plot_scores
+from .plot import plot_score_curves
 
 if TYPE_CHECKING:
     import torch
@@ -147,12 +147,7 @@ def load_test_set(files: DatasetFiles, *, need_snippets: bool = False) -> TestSe
     annotations = read_annotations(files.annotations)
     snippets = None
     if files.snippets is not None:
-        counts = read_snippet_counts(files.snippets)
-        missing = [v.name for v in videos if v.name not in counts]
-        if missing:
-            raise EvaluationError(f"{files.snippets}: no snippet count for {len(missing)} test videos, "
-                                  f"first {missing[0]!r}; expected a row per video of {files.list_file}")
-        snippets = {v.name: counts[v.name] for v in videos}
+        snippets = read_snippet_counts(files.snippets, videos, list_file=files.list_file)
     elif need_snippets:
         try:
             snippets = snippet_counts_from_features(videos)
@@ -282,5 +277,5 @@ def evaluate_dataset(model: "BNWVAD", list_file: str | os.PathLike, annotations:
 
 
 __all__ = ["DatasetFiles", "DatasetLayout", "EvalResult", "LAYOUTS", "TestSet", "VideoScores",
-           "dataset_files", "evaluate_dataset", "evaluate_model", "load_test_set", "plot_scores",
+           "dataset_files", "evaluate_dataset", "evaluate_model", "load_test_set", "plot_score_curves",
            "resolve_device", "score_videos"]

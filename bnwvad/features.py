@@ -17,8 +17,8 @@ Labels come from file names, never from positions in a list:
 """
 from __future__ import annotations
 
+import math
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -63,62 +63,131 @@ def label_from_name(path: str | Path) -> tuple[int, tuple[str, ...]] | None:
     return None
 
 
-def load_features(path: str | Path, *, feature_dim: int | None = None,
-                  ndim: Sequence[int] = (2, 3)) -> np.ndarray:
-    """Read one .npy feature file safely and validate it; returns float32.
+# -- the one safe .npy reader ---------------------------------------------------------------
+# Every .npy a user hands in (features, audio features, score files) is read here: the header
+# first (nothing unpickled, no data read), then the data with exactly the bytes it announces.
+_NPY_MAGIC = b"\x93NUMPY"
+_SHAPES = {1: "(T,)", 2: "(T, D)", 3: "(T, C, D)"}
 
-    (T, D) for one crop or (T, C, D) for stacked crops. Raises FeatureFileError for a
-    missing, empty, truncated or corrupted file, a pickled object array (never loaded),
-    a wrong number of dimensions, a non-float dtype, T = 0, a wrong D, or NaN/inf.
-    """
+
+def _shapes(ndim: Sequence[int]) -> str:
+    return " or ".join(_SHAPES[n] for n in ndim)
+
+
+def _not_npy_reason(head: bytes) -> str:
+    # np.load reports any non-.npy, non-zip file (garbage, a plain pickle) as "pickled data":
+    # the first bytes tell them apart.
+    if head[:1] == b"\x80":
+        return "a Python pickle, not a .npy array (never loaded: unpickling can run code)"
+    if head[:2] == b"PK":
+        return "a zip archive (.npz?), not a single .npy array; save one array per file with np.save"
+    return (f"not a .npy file (starts with {head!r}, not the .npy magic \\x93NUMPY; "
+            f"corrupted or another format)")
+
+
+def _read_header(f, p: Path, size: int, ndim: Sequence[int], feature_dim: int | None, kind: str
+                 ) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the open .npy file `f`, left at its first data byte."""
+    want = _shapes(ndim)
+    head = f.read(6)
+    if head != _NPY_MAGIC:
+        raise FeatureFileError(f"{p}: {_not_npy_reason(head)}; expected a .npy array of shape {want}")
+    f.seek(0)
+    try:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read(f)
+    except Exception as e:     # noqa: BLE001 - untrusted bytes: ValueError, SyntaxError, TokenError...
+        raise FeatureFileError(f"{p}: not a readable .npy array: corrupted header ({e}); expected "
+                               f"a .npy array of shape {want}") from None
+    if dtype.hasobject:
+        raise FeatureFileError(f"{p}: holds a pickled object array, which is never loaded (it could "
+                               f"run code); expected a plain float32 .npy array of shape {want}")
+    need = math.prod(shape) * dtype.itemsize
+    have = size - f.tell()
+    if have < need:
+        raise FeatureFileError(f"{p}: truncated: its header announces shape {shape} {dtype} "
+                               f"({need} bytes of data) but the file holds {have}; "
+                               f"expected a complete .npy file (an interrupted copy?)")
+    if len(shape) not in ndim:
+        want_n = "a float vector (T,)" if tuple(ndim) == (1,) else want
+        raise FeatureFileError(f"{p}: array of shape {shape} ({len(shape)} dimensions); "
+                               f"expected {want_n}")
+    if not np.issubdtype(dtype, np.floating):
+        raise FeatureFileError(f"{p}: dtype {dtype}; expected floating-point {kind}s (float32)")
+    if shape[0] == 0:
+        raise FeatureFileError(f"{p}: shape {shape} has T = 0 snippets; expected at least 1")
+    if feature_dim is not None and shape[-1] != feature_dim:
+        raise FeatureFileError(f"{p}: feature dimension D = {shape[-1]} (shape {shape}); "
+                               f"expected D = {feature_dim}")
+    return tuple(int(s) for s in shape), bool(fortran), dtype
+
+
+def _open(path: str | Path, ndim: Sequence[int], kind: str) -> tuple[Path, int]:
     p = Path(path)
     if not p.is_file():
-        raise FeatureFileError(f"{p}: no such feature file")
+        raise FeatureFileError(f"{p}: no such {kind} file")
     size = p.stat().st_size
     if size == 0:
-        raise FeatureFileError(f"{p}: the file is empty (0 bytes); expected a .npy array of shape (T, D)")
-    # np.load reports any non-.npy, non-zip file (garbage, a truncated header, a plain pickle)
-    # as "pickled data": tell those apart by the first bytes before asking it.
-    with open(p, "rb") as f:
-        head = f.read(6)
-    if head != b"\x93NUMPY":
-        if head[:1] == b"\x80":
-            what = "a Python pickle, not a .npy array (never loaded: unpickling can run code)"
-        elif head[:2] == b"PK":
-            what = "a zip archive (.npz?), not a single .npy array; save one array per file with np.save"
-        else:
-            what = (f"not a .npy file (starts with {head!r}, not the .npy magic \\x93NUMPY; "
-                    f"corrupted or another format)")
-        raise FeatureFileError(f"{p}: {what}; expected a .npy array of shape (T, D)")
+        raise FeatureFileError(f"{p}: the file is empty (0 bytes); expected a .npy array of "
+                               f"shape {_shapes(ndim)}")
+    return p, size
+
+
+def read_npy_header(path: str | Path, *, feature_dim: int | None = None,
+                    ndim: Sequence[int] = (2, 3), kind: str = "feature"
+                    ) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a .npy header; reads no data and unpickles nothing.
+
+    Raises FeatureFileError, naming the file, for: missing, empty (0 bytes), not .npy (a
+    pickle, a zip/.npz, anything else), a corrupted header, an object dtype, data shorter
+    than the header announces, a number of dimensions not in `ndim`, a non-float dtype,
+    T = 0 (the first axis) and, with feature_dim, a last axis other than D. `kind` names
+    what the file holds in messages ("feature", "score").
+    """
+    p, size = _open(path, ndim, kind)
     try:
-        arr = np.load(p, allow_pickle=False, mmap_mode=None)
-    except ValueError as e:
-        msg = str(e)
-        if "allow_pickle" in msg or "Object arrays" in msg:
-            raise FeatureFileError(
-                f"{p}: holds a pickled object array, which is never loaded (it could run code); "
-                f"expected a plain float32 .npy array of shape (T, D)") from None
-        raise FeatureFileError(f"{p}: not a readable .npy array ({size} bytes; truncated or "
-                               f"corrupted?): {msg}") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise FeatureFileError(f"{p}: not a readable .npy array ({size} bytes; truncated or "
-                               f"corrupted?): {e}") from None
-    if not isinstance(arr, np.ndarray):
-        raise FeatureFileError(f"{p}: holds a {type(arr).__name__}, expected one .npy array")
-    if arr.ndim not in ndim:
-        want = " or ".join({2: "(T, D)", 3: "(T, C, D)"}[n] for n in ndim)
-        raise FeatureFileError(f"{p}: array of shape {arr.shape} ({arr.ndim} dimensions); expected {want}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise FeatureFileError(f"{p}: dtype {arr.dtype}; expected floating-point features (float32)")
-    if arr.shape[0] == 0:
-        raise FeatureFileError(f"{p}: shape {arr.shape} has T = 0 snippets; expected at least 1")
-    if feature_dim is not None and arr.shape[-1] != feature_dim:
-        raise FeatureFileError(f"{p}: feature dimension D = {arr.shape[-1]} (shape {arr.shape}); "
-                               f"expected D = {feature_dim}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+        with open(p, "rb") as f:
+            shape, _, dtype = _read_header(f, p, size, ndim, feature_dim, kind)
+    except OSError as e:
+        raise FeatureFileError(f"{p}: cannot be read ({e}); expected a .npy array") from None
+    return shape, dtype
+
+
+def read_npy(path: str | Path, *, feature_dim: int | None = None, ndim: Sequence[int] = (2, 3),
+             kind: str = "feature") -> np.ndarray:
+    """The array of a .npy file as stored (dtype kept), after `read_npy_header`'s checks.
+
+    Only the bytes the header announces are read (np.fromfile), never with pickle.
+    """
+    p, size = _open(path, ndim, kind)
+    try:
+        with open(p, "rb") as f:
+            shape, fortran, dtype = _read_header(f, p, size, ndim, feature_dim, kind)
+            count = math.prod(shape)
+            arr = np.fromfile(f, dtype=dtype, count=count)
+    except OSError as e:
+        raise FeatureFileError(f"{p}: cannot be read ({e}); expected a .npy array") from None
+    if arr.size != count:            # the file shrank while it was read
+        raise FeatureFileError(f"{p}: truncated: {arr.size} of the {count} values its header "
+                               f"announces could be read; expected a complete .npy file")
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def load_features(path: str | Path, *, feature_dim: int | None = None,
+                  ndim: Sequence[int] = (2, 3)) -> np.ndarray:
+    """Read one .npy feature file safely and validate it; returns float32, C-contiguous.
+
+    (T, D) for one crop or (T, C, D) for stacked crops. The structure is checked by
+    `read_npy_header` (FeatureFileError for a missing, empty, truncated or corrupted file,
+    a pickled object array (never loaded), a wrong number of dimensions, a non-float dtype,
+    T = 0, a wrong D); the values here: NaN or inf.
+    """
+    arr = np.ascontiguousarray(read_npy(path, feature_dim=feature_dim, ndim=ndim), dtype=np.float32)
     if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr))[0]
-        raise FeatureFileError(f"{p}: contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise FeatureFileError(f"{Path(path)}: contains NaN or inf (first at index {bad}); "
                                f"expected finite features")
     return arr
 

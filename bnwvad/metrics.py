@@ -48,7 +48,7 @@ import numpy as np
 from sklearn.metrics import auc as _trapezoid_auc
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from .features import XD_CLASSES
+from .features import XD_CLASSES, FeatureFileError, read_npy, read_npy_header
 
 FRAMES_PER_SNIPPET = 16
 ANNOTATION_FORMATS = ("ucf", "xd")
@@ -181,9 +181,14 @@ def read_annotations(path: str | os.PathLike, dataset: str | None = None) -> Ann
 # --------------------------------------------------------------------------------------
 # Snippet counts
 # --------------------------------------------------------------------------------------
-def read_snippet_counts(path: str | os.PathLike) -> dict[str, int]:
+def read_snippet_counts(path: str | os.PathLike, videos: Sequence[VideoLike] | None = None, *,
+                        list_file: str | os.PathLike | None = None) -> dict[str, int]:
     """``{video: T}`` from a CSV with a header holding ``video`` and ``snippets`` columns
-    (the datasets' ``test_snippets.csv``)."""
+    (the datasets' ``test_snippets.csv``).
+
+    With `videos` (a test list's, read from `list_file`): every one must have a row, and the
+    result holds exactly those videos, in their order.
+    """
     p = Path(path)
     if not p.is_file():
         raise EvaluationError(f"{p}: no such snippet-count file")
@@ -201,23 +206,14 @@ def read_snippet_counts(path: str | os.PathLike) -> dict[str, int]:
             if name in out:
                 raise EvaluationError(f"{p}:{lineno}: video {name!r} listed twice")
             out[name] = int(t)
-    return out
-
-
-def npy_shape(path: str | os.PathLike) -> tuple[int, ...]:
-    """The shape stored in a .npy header, without reading (or unpickling) the data."""
-    p = Path(path)
-    if not p.is_file():
-        raise EvaluationError(f"{p}: no such feature file")
-    try:
-        # A memory map reads the header only; object arrays refuse to map (never unpickled).
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        shape = tuple(int(s) for s in arr.shape)
-        del arr
-    except (ValueError, OSError, EOFError) as e:
-        raise EvaluationError(f"{p}: not a readable .npy array ({e}); expected float features "
-                              f"(T, D) or (T, C, D)") from None
-    return shape
+    if videos is None:
+        return out
+    missing = [v.name for v in videos if v.name not in out]
+    if missing:
+        of = f" of {list_file}" if list_file is not None else ""
+        raise EvaluationError(f"{p}: no snippet count for {len(missing)} test videos, first "
+                              f"{missing[0]!r}; expected a row per video{of}")
+    return {v.name: out[v.name] for v in videos}
 
 
 def snippet_counts_from_features(videos: Iterable[Any]) -> dict[str, int]:
@@ -230,10 +226,10 @@ def snippet_counts_from_features(videos: Iterable[Any]) -> dict[str, int]:
     for v in videos:
         ts = set()
         for path in v.paths:
-            shape = npy_shape(path)
-            if len(shape) not in (2, 3) or shape[0] < 1:
-                raise EvaluationError(f"{path}: array of shape {shape}; expected (T, D) or (T, C, D), T >= 1")
-            ts.add(shape[0])
+            try:
+                ts.add(read_npy_header(path, ndim=(2, 3))[0][0])
+            except FeatureFileError as e:
+                raise EvaluationError(str(e)) from None
         if len(ts) != 1:
             raise EvaluationError(f"video {v.name!r}: its crop files disagree on T {sorted(ts)} "
                                   f"({v.paths[0].parent})")
@@ -465,8 +461,8 @@ def evaluate_scores(scores: Mapping[str, Any], videos: Sequence[VideoLike],
 def load_score_dir(directory: str | os.PathLike, videos: Sequence[VideoLike]) -> dict[str, np.ndarray]:
     """``{video: (T,) scores}`` from ``<directory>/<video>.npy`` (the runtime's output format).
 
-    Every test video must have its file; each is loaded with ``allow_pickle=False`` and must
-    be a 1-D float array. Files for other videos are ignored.
+    Every test video must have its file; each is read by `bnwvad.features.read_npy` (never
+    unpickled) and must be a 1-D float array, dtype kept. Files for other videos are ignored.
     """
     d = Path(directory)
     if not d.is_dir():
@@ -478,21 +474,10 @@ def load_score_dir(directory: str | os.PathLike, videos: Sequence[VideoLike]) ->
             f"{missing[0] + '.npy'!r}; expected one <video>.npy of snippet scores (T,) per test video")
     out = {}
     for v in videos:
-        p = d / f"{v.name}.npy"
         try:
-            arr = np.load(p, allow_pickle=False)
-        except ValueError as e:
-            if "allow_pickle" in str(e) or "Object arrays" in str(e):
-                raise EvaluationError(f"{p}: holds a pickled object array, which is never loaded; "
-                                      f"expected a float array (T,)") from None
-            raise EvaluationError(f"{p}: not a readable .npy array ({e})") from None
-        except (OSError, EOFError) as e:
-            raise EvaluationError(f"{p}: not a readable .npy array ({e})") from None
-        if not isinstance(arr, np.ndarray) or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.floating):
-            shape = getattr(arr, "shape", None)
-            raise EvaluationError(f"{p}: array of shape {shape} and dtype {getattr(arr, 'dtype', None)}; "
-                                  f"expected a float vector (T,) of snippet scores")
-        out[v.name] = arr
+            out[v.name] = read_npy(d / f"{v.name}.npy", ndim=(1,), kind="score")
+        except FeatureFileError as e:
+            raise EvaluationError(str(e)) from None
     return out
 
 
@@ -539,7 +524,7 @@ def format_table(metrics: Mapping[str, Any], title: str | None = None) -> str:
 __all__ = [
     "ANNOTATION_FORMATS", "AnnotationError", "Annotations", "EvaluationError", "FRAMES_PER_SNIPPET",
     "abnormal_frame_mask", "binary_metrics", "detect_annotation_format", "evaluate_scores",
-    "format_table", "frame_scores", "ground_truth", "is_abnormal", "load_score_dir", "npy_shape",
+    "format_table", "frame_scores", "ground_truth", "is_abnormal", "load_score_dir",
     "read_annotations", "read_snippet_counts", "snippet_counts_from_features", "video_classes",
     "video_ground_truth",
 ]

@@ -1,4 +1,5 @@
-"""Score curves against the ground truth, as a PNG (matplotlib, imported on first use).
+"""Evaluation score curves against the ground truth, as a PNG (matplotlib, imported on first
+use). One scored video with its threshold and events is `bnwvad.runtime.plot.plot_video`.
 
 Torch-free, so `bnwvad-eval --scores` can plot a deployed model's scores. Uses the Agg
 canvas directly (no pyplot): nothing global is switched, so this never changes the
@@ -7,12 +8,12 @@ backend of a caller's interactive session.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .atomic import atomic_write
 from .metrics import FRAMES_PER_SNIPPET, EvaluationError, VideoLike, is_abnormal, video_classes
 
 
@@ -38,10 +39,11 @@ def check_plot_videos(names: Sequence[str], videos: Sequence[VideoLike]) -> None
                               f"(a feature file name without '__<crop>.npy')")
 
 
-def plot_scores(path: str | os.PathLike, scores: Mapping[str, Any], videos: Sequence[VideoLike],
-                annotations: Mapping[str, Sequence[tuple[int, int]]], *,
-                names: Sequence[str] | None = None, frames_per_snippet: int = FRAMES_PER_SNIPPET,
-                title: str | None = None, extra: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+def plot_score_curves(path: str | os.PathLike, scores: Mapping[str, Any],
+                      videos: Sequence[VideoLike], annotations: Mapping[str, Sequence[tuple[int, int]]],
+                      *, names: Sequence[str] | None = None,
+                      frames_per_snippet: int = FRAMES_PER_SNIPPET, title: str | None = None,
+                      extra: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write a PNG with one panel per video: its frame-level anomaly score (each snippet's
     score held for `frames_per_snippet` frames) with the annotated events shaded.
 
@@ -100,17 +102,7 @@ def plot_scores(path: str | os.PathLike, scores: Mapping[str, Any], videos: Sequ
     if title:
         fig.suptitle(title, fontsize=10)
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
-__all__ = ["check_plot_videos", "default_plot_videos", "plot_scores"]
+__all__ = ["check_plot_videos", "default_plot_videos", "plot_score_curves"]

@@ -296,18 +296,16 @@ class _TestSet:
 def _load_test_set(data: DataSpec) -> _TestSet | None:
     if data.test_list is None:
         return None
-    from .metrics import read_annotations, read_snippet_counts
+    from .metrics import EvaluationError, read_annotations, read_snippet_counts
 
     videos = load_test_videos(data.test_list, data.root, audio=data.audio)
     annotations = read_annotations(data.annotations)
     snippets = None
     if data.snippets is not None and data.audio is None:
-        counts = read_snippet_counts(data.snippets)
-        missing = [v.name for v in videos if v.name not in counts]
-        if missing:
-            raise TrainingError(f"{data.snippets}: no snippet count for {len(missing)} test videos, first "
-                                f"{missing[0]!r}; expected a row per video of {data.test_list}")
-        snippets = {v.name: counts[v.name] for v in videos}
+        try:
+            snippets = read_snippet_counts(data.snippets, videos, list_file=data.test_list)
+        except EvaluationError as e:
+            raise TrainingError(str(e)) from None
     return _TestSet(videos, annotations, snippets)
 
 

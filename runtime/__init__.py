@@ -12,17 +12,17 @@ The command line is `bnwvad-infer` (bnwvad.runtime.cli).
 from .errors import BackendError, InputError, MemoryBudgetError, ModelLoadError, RuntimeFailure
 from .events import Calibration, Event, calibrate_threshold, find_events
 from .io import load_results, save_results
-from .metadata import KEYS, ModelMeta, meta_from_props, meta_from_sidecar
-from .runners import BACKENDS, OrtRunner, Runner, TensorRTRunner, load_runner
-from .scoring import (ArraySource, Scorer, VideoFailure, VideoResult, default_memory_budget,
-                      estimate_bytes, plan_calls, score_videos)
+from .contract import Runner
+from .metadata import ModelMeta, meta_from_props, meta_from_sidecar
+from .runners import BACKENDS, OrtRunner, TensorRTRunner, load_runner
+from .scoring import (ArraySource, CallPlan, Scorer, VideoFailure, VideoResult, default_memory_budget,
+                      estimate_bytes, plan_calls)
 from .validate import ShapeLimits, validate_inputs
 
 __all__ = [
-    "BACKENDS", "ArraySource", "BackendError", "Calibration", "Event", "InputError", "KEYS",
+    "BACKENDS", "ArraySource", "BackendError", "CallPlan", "Calibration", "Event", "InputError",
     "MemoryBudgetError", "ModelLoadError", "ModelMeta", "OrtRunner", "Runner", "RuntimeFailure",
     "Scorer", "ShapeLimits", "TensorRTRunner", "VideoFailure", "VideoResult", "calibrate_threshold",
     "default_memory_budget", "estimate_bytes", "find_events", "load_results", "load_runner",
-    "meta_from_props", "meta_from_sidecar", "plan_calls", "save_results", "score_videos",
-    "validate_inputs",
+    "meta_from_props", "meta_from_sidecar", "plan_calls", "save_results", "validate_inputs",
 ]

@@ -183,11 +183,11 @@ def main(ctx, features, model, out, backend, strict, threads, arena, device_id, 
             events[r.name] = find_events(r.anomaly, threshold, frames_per_snippet=r.frames_per_snippet,
                                          fps=fps, min_snippets=min_event_snippets)
         if plot:
-            from .plot import plot_scores
+            from .plot import plot_video
 
-            plot_scores(out / "plots" / f"{r.name}.png", r.name, r.anomaly,
-                        frames_per_snippet=r.frames_per_snippet, fps=fps, threshold=threshold,
-                        events=events.get(r.name, ()))
+            plot_video(out / "plots" / f"{r.name}.png", r.name, r.anomaly,
+                       frames_per_snippet=r.frames_per_snippet, fps=fps, threshold=threshold,
+                       events=events.get(r.name, ()))
     bar.close()
     ordered = [results[v.name] for v in videos if v.name in results]
     save_results(out / RESULTS_FILE, ordered, meta.frames_per_snippet)

@@ -16,81 +16,33 @@ Layout of a file that is not a per-crop file:
   or an array that looks like (C, T, D), or neither axis matching) and is an error that asks
   for `layout` = "TCD" or "CTD". layout="TD" requires every file to be (T, D).
 
-The headers are read first (shape, dtype, size; nothing is unpickled), so every file's
-structural problem is known before any scoring; values (NaN/inf) are checked on load.
+Each file is checked once, where it enters: its header when the videos are collected
+(`bnwvad.features.read_npy_header`: shape, dtype, size, D; nothing is unpickled), so every
+file's structural problem is known before any scoring; its values (NaN/inf) when it is loaded
+(`bnwvad.features.load_features`). A FileVideo's `load` returns validated features, so the
+Scorer and the runner do not check them again.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
-from bnwvad.features import FeatureFileError, load_features, read_list, split_crop
+from bnwvad.features import FeatureFileError, load_features, read_list, read_npy_header, split_crop
 
 LAYOUTS = ("auto", "TD", "TCD", "CTD")
-_NPY_MAGIC = b"\x93NUMPY"
-
-
-def peek_npy(path: str | Path, *, feature_dim: int | None = None,
-             ndim: Sequence[int] = (2, 3)) -> tuple[tuple[int, ...], np.dtype]:
-    """(shape, dtype) from a .npy header, with the checks load_features makes on the data's
-    structure: missing, empty, not .npy (pickle, zip, garbage), corrupt header, object dtype,
-    truncated data, dimensions, dtype, T = 0, D. Reads no data, unpickles nothing."""
-    p = Path(path)
-    if not p.is_file():
-        raise FeatureFileError(f"{p}: no such feature file")
-    size = p.stat().st_size
-    if size == 0:
-        raise FeatureFileError(f"{p}: the file is empty (0 bytes); expected a .npy array of shape (T, D)")
-    with open(p, "rb") as f:
-        head = f.read(6)
-        if head != _NPY_MAGIC:
-            raise FeatureFileError(f"{p}: {_not_npy_reason(head)}; expected a .npy array of shape (T, D)")
-        f.seek(0)
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        except (ValueError, EOFError, OSError, SyntaxError) as e:
-            raise FeatureFileError(f"{p}: corrupted .npy header ({e}); expected a .npy array "
-                                   f"of shape (T, D)") from None
-        data_start = f.tell()
-    if dtype.hasobject:
-        raise FeatureFileError(f"{p}: holds a pickled object array, which is never loaded (it could "
-                               f"run code); expected a plain float32 .npy array of shape (T, D)")
-    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size - data_start < need:
-        raise FeatureFileError(f"{p}: truncated: its header announces shape {shape} {dtype} "
-                               f"({need} bytes of data) but the file holds {size - data_start}; "
-                               f"expected a complete .npy file (an interrupted copy?)")
-    if len(shape) not in ndim:
-        want = " or ".join({2: "(T, D)", 3: "(T, C, D)"}[n] for n in ndim)
-        raise FeatureFileError(f"{p}: array of shape {shape} ({len(shape)} dimensions); expected {want}")
-    if not np.issubdtype(dtype, np.floating):
-        raise FeatureFileError(f"{p}: dtype {dtype}; expected floating-point features (float32)")
-    if shape[0] == 0:
-        raise FeatureFileError(f"{p}: shape {shape} has T = 0 snippets; expected at least 1")
-    if feature_dim is not None and shape[-1] != feature_dim:
-        raise FeatureFileError(f"{p}: feature dimension D = {shape[-1]} (shape {shape}); "
-                               f"expected D = {feature_dim}")
-    return tuple(int(s) for s in shape), dtype
-
-
-def _not_npy_reason(head: bytes) -> str:
-    if head[:1] == b"\x80":
-        return "a Python pickle, not a .npy array (never loaded: unpickling can run code)"
-    if head[:2] == b"PK":
-        return "a zip archive (.npz?), not a single .npy array; save one array per file with np.save"
-    return f"not a .npy file (starts with {head!r}, not the .npy magic \\x93NUMPY; corrupted or another format)"
 
 
 @dataclass
 class FileVideo:
-    """A video made of files; a VideoSource for the Scorer (features load on demand)."""
+    """A video made of files; a VideoSource for the Scorer (features load on demand).
+
+    crops, length and feature_dim (D) are what the headers said at collection; `load`
+    returns (C, T, D) float32 of exactly that shape with finite values, or raises
+    FeatureFileError naming the file (also when a file changed since it was collected).
+    """
 
     name: str
     paths: list[Path]
@@ -99,22 +51,28 @@ class FileVideo:
     length: int
     feature_dim: int | None = None
     extra: dict = field(default_factory=dict)
+    validated: ClassVar[bool] = True  # load() checks its values: the Scorer trusts them
 
     def load(self) -> np.ndarray:
-        """(C, T, D) float32, validated (load_features: finite, dtype, D, ...)."""
+        """(C, T, D) float32, validated (load_features: structure, D, NaN/inf)."""
         d = self.feature_dim
         if self.layout == "crops":
-            arrs = [load_features(p, feature_dim=d, ndim=(2,)) for p in self.paths]
-            shapes = [a.shape for a in arrs]
-            if len(set(shapes)) > 1:
-                raise FeatureFileError(f"video {self.name!r}: its crop files disagree in shape "
-                                       f"{shapes} ({self.paths[0].parent})")
+            arrs = [self._checked(p, load_features(p, feature_dim=d, ndim=(2,)), self.length)
+                    for p in self.paths]
             return np.stack(arrs)
-        a = load_features(self.paths[0], feature_dim=d, ndim=(2,) if self.layout == "TD" else (2, 3))
+        p = self.paths[0]
+        a = load_features(p, feature_dim=d, ndim=(2,) if self.layout == "TD" else (2, 3))
         if a.ndim == 2:
-            return a[None]
-        out = a.transpose(1, 0, 2) if self.layout == "TCD" else a
-        return np.ascontiguousarray(out)
+            return self._checked(p, a, self.length)[None]
+        out = np.ascontiguousarray(a.transpose(1, 0, 2) if self.layout == "TCD" else a)
+        return self._checked(p, out, self.crops, self.length)
+
+    def _checked(self, p: Path, a: np.ndarray, *lead: int) -> np.ndarray:
+        if a.shape[:len(lead)] != lead:
+            raise FeatureFileError(f"{p}: shape {a.shape} on load, but {tuple(lead)} when video "
+                                   f"{self.name!r} was collected; expected an unchanged file "
+                                   f"(was it rewritten during the run?)")
+        return a
 
 
 @dataclass
@@ -223,15 +181,15 @@ def _make_video(name: str, members: list[tuple[int | None, Path]], layout: str,
                 f"video {name!r}: both a stacked file and per-crop files "
                 f"({', '.join(str(p) for _, p in members)}); expected one or the other")
         p = members[0][1]
-        shape, _ = peek_npy(p, feature_dim=feature_dim, ndim=(2, 3))
+        shape, _ = read_npy_header(p, feature_dim=feature_dim, ndim=(2, 3))
         if len(shape) == 2:
-            return FileVideo(name, [p], "TD", 1, shape[0], feature_dim)
+            return FileVideo(name, [p], "TD", 1, shape[0], shape[-1])
         lay = _layout_3d(p, shape, layout, crops_hint)
         c, t = (shape[1], shape[0]) if lay == "TCD" else (shape[0], shape[1])
         if t == 0 or c == 0:
             raise FeatureFileError(f"{p}: shape {shape} read as {lay} has T = {t}, C = {c}; "
                                    f"expected at least 1 of each")
-        return FileVideo(name, [p], lay, c, t, feature_dim)
+        return FileVideo(name, [p], lay, c, t, shape[-1])
     members = sorted(members, key=lambda m: m[0])
     idx = [c for c, _ in members]
     if idx != list(range(len(idx))):
@@ -242,11 +200,10 @@ def _make_video(name: str, members: list[tuple[int | None, Path]], layout: str,
             f"{first.parent / (name + '__<k>.npy')}: video {name!r} has crop files {idx}, missing "
             f"{missing}; a video's crop files must be numbered 0..C-1. Fix: give all its crop "
             f"files, or --no-crops-from-names to score each file as a video of its own")
-    shapes = []
-    for _, p in members:
-        shapes.append(peek_npy(p, feature_dim=feature_dim, ndim=(2,))[0])
-    if len({s[0] for s in shapes}) > 1:
+    shapes = [read_npy_header(p, feature_dim=feature_dim, ndim=(2,))[0] for _, p in members]
+    if len(set(shapes)) > 1:
         raise FeatureFileError(
-            f"video {name!r}: its crop files disagree in T: "
-            f"{', '.join(f'{p.name} {s}' for (_, p), s in zip(members, shapes))}; expected one T")
-    return FileVideo(name, [p for _, p in members], "crops", len(members), shapes[0][0], feature_dim)
+            f"video {name!r}: its crop files disagree in shape: "
+            f"{', '.join(f'{p.name} {s}' for (_, p), s in zip(members, shapes))}; expected one (T, D)")
+    t, d = shapes[0]
+    return FileVideo(name, [p for _, p in members], "crops", len(members), t, d)

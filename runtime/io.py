@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..atomic import atomic_write
-from .metadata import OUTPUTS
+from .contract import OUTPUTS
 
 RESULTS_FILE = "results.npz"
 

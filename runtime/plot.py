@@ -1,4 +1,6 @@
-"""PNG of a video's anomaly-score curve with its events marked.
+"""PNG of one scored video: its anomaly-score curve, the threshold and its events marked
+(`bnwvad-infer --plot`). Evaluation curves against ground truth are
+`bnwvad.plot.plot_score_curves`.
 
 matplotlib is imported here, on first use, and only its object-oriented API with the Agg
 canvas: no pyplot, no global backend switch, no display needed.
@@ -12,10 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from .events import Event
-from .io import atomic_write
+from ..atomic import atomic_write
 
 
-def plot_scores(path: str | Path, name: str, anomaly: np.ndarray, *, frames_per_snippet: int = 16,
+def plot_video(path: str | Path, name: str, anomaly: np.ndarray, *, frames_per_snippet: int = 16,
                 fps: float | None = None, threshold: float | None = None,
                 events: Sequence[Event] = ()) -> Path:
     """Write `path` (PNG): per-frame anomaly score against time (seconds at fps, else frames)."""

@@ -15,15 +15,15 @@ MemoryBudgetError giving the bytes it needs.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, ClassVar, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from .errors import InputError, MemoryBudgetError, human_bytes
-from .metadata import OUTPUTS, ModelMeta
-from .runners import Runner
+from .memory import DEFAULT_FRACTION, memory_budget
+from .contract import OUTPUTS, Runner
+from .metadata import ModelMeta
 from .validate import ShapeLimits
 
 # The working-set model, fitted to the exported published model on ONNX Runtime CPU (peak
@@ -36,8 +36,6 @@ from .validate import ShapeLimits
 # kernels differ: hence a budget of half the free memory by default.
 ATTN_COPIES = 1.75
 ACT_WIDTH_E = 15
-DEFAULT_BUDGET_FRACTION = 0.5
-FALLBACK_BUDGET = 4 << 30
 # Rows (N * C * padded T) per call beyond which batching stops paying on CPU. Measured on
 # the exported published model (ONNX Runtime, 2 cores, calls timed in alternation): T = 40
 # gains 1.25x at N = 4 and 1.35x at N = 10; T = 100 gains 1.1x at N = 2 but loses 10% at
@@ -58,39 +56,22 @@ def estimate_bytes(rows: int, length: int, meta: ModelMeta) -> int:
     return int(rows) * (attn + act) * 4
 
 
-def available_memory() -> int | None:
-    """MemAvailable from /proc/meminfo (bytes), else free physical pages, else None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def default_memory_budget(device: str = "cpu", fraction: float = DEFAULT_BUDGET_FRACTION) -> int:
-    """A fraction of the memory available now: host RAM for CPU backends, free device memory
-    (cudaMemGetInfo) for CUDA ones; 4 GiB when neither can be read."""
-    free = None
-    if device == "cuda":
-        try:
-            from . import _cuda
-
-            free = _cuda.mem_get_info()[0]
-        except Exception:   # no libcudart here: fall back to host RAM
-            free = None
-    if free is None:
-        free = available_memory()
-    return int(free * fraction) if free else FALLBACK_BUDGET
+def default_memory_budget(device: str = "cpu", fraction: float = DEFAULT_FRACTION) -> int:
+    """A fraction of what is free under the tightest memory limit over this process: its
+    container's cgroup limit, the host's MemAvailable, and free device memory on CUDA
+    backends (bnwvad.runtime.memory, which also says which limit it was); 4 GiB when none
+    can be read."""
+    return memory_budget(device, fraction=fraction).bytes
 
 
 class VideoSource(Protocol):
-    """A video to score: its name, crop count and length known before its features load."""
+    """A video to score: its name, crop count and length known before its features load.
+
+    Optional: `feature_dim` (D, checked against the model before any loading) and a class
+    attribute `validated = True` when `load` itself guarantees (crops, length, D) float32
+    with finite values (FileVideo, ArraySource); the Scorer checks any other source's
+    features once on load (`check_features`).
+    """
 
     name: str
     crops: int
@@ -100,12 +81,37 @@ class VideoSource(Protocol):
         """(C, T, D) float32."""
 
 
+def check_features(name: str, a, *, crops: int | None = None, length: int | None = None,
+                   feature_dim: int | None = None) -> np.ndarray:
+    """An in-memory video's features -> (C, T, D) float32, or InputError naming the video:
+    a numpy array of that shape (as announced, where given), floating-point, finite."""
+    if not isinstance(a, np.ndarray) or a.ndim != 3:
+        raise InputError(f"video {name!r}: features of shape {getattr(a, 'shape', None)}; expected "
+                         f"a numpy array (C, T, D)")
+    want = (crops if crops is not None else a.shape[0], length if length is not None else a.shape[1],
+            feature_dim if feature_dim is not None else a.shape[2])
+    if a.shape != want:
+        raise InputError(f"video {name!r}: loaded features of shape {a.shape}; expected (C, T, D) "
+                         f"= {want} as announced")
+    if a.dtype != np.float32:
+        if not np.issubdtype(a.dtype, np.floating):
+            raise InputError(f"video {name!r}: dtype {a.dtype}; expected float32 features")
+        a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        c, t, d = (int(x) for x in np.argwhere(~np.isfinite(a))[0])
+        raise InputError(f"video {name!r}: {a[c, t, d]} at crop {c}, snippet {t}, dim {d}; "
+                         f"expected finite features")
+    return a
+
+
 @dataclass
 class ArraySource:
-    """An in-memory video: (C, T, D), or (T, D) for one crop."""
+    """An in-memory video: (C, T, D), or (T, D) for one crop. `load` checks it (float,
+    finite; `check_features`) once; its D is checked against the model before that."""
 
     name: str
     features: np.ndarray
+    validated: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         a = self.features
@@ -124,8 +130,12 @@ class ArraySource:
     def length(self) -> int:
         return int(self.features.shape[1])
 
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[2])
+
     def load(self) -> np.ndarray:
-        return self.features
+        return check_features(self.name, self.features)
 
 
 @dataclass
@@ -188,14 +198,16 @@ class Call:
 
 
 @dataclass
-class Plan:
+class CallPlan:
+    """The runner calls that score a set of videos, and the videos that cannot be scored."""
+
     calls: list[Call]
     failures: dict[int, Exception] = field(default_factory=dict)
 
 
 def plan_calls(lengths: Sequence[int], crops: Sequence[int], meta: ModelMeta, *, budget: int,
                max_batch: int = 32, min_fill: float = 0.75, max_rows: int | None = None,
-               limits: ShapeLimits | None = None) -> Plan:
+               limits: ShapeLimits | None = None) -> CallPlan:
     """Pack videos (lengths[i], crops[i]) into calls, longest first.
 
     A call holds videos with the same C whose lengths are >= min_fill x its longest (so no
@@ -206,7 +218,7 @@ def plan_calls(lengths: Sequence[int], crops: Sequence[int], meta: ModelMeta, *,
     lim = limits or ShapeLimits()
     cap_n = max(1, min(max_batch, lim.max_n or max_batch))
     order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
-    plan = Plan([])
+    plan = CallPlan([])
     by_crops: dict[int, list[int]] = {}
     for i in order:
         by_crops.setdefault(int(crops[i]), []).append(i)
@@ -397,6 +409,7 @@ class Scorer:
         return out
 
     def _check_source(self, s) -> Exception | None:
+        """What a source announces, against the model: before planning, nothing loaded."""
         if s.length < 1 or s.crops < 1:
             return InputError(f"video {s.name!r}: {s.crops} crops x {s.length} snippets; expected at "
                               f"least one crop of at least one snippet")
@@ -405,26 +418,21 @@ class Scorer:
                 f"video {s.name!r}: {s.crops} crop(s); the model expects {self.crops} "
                 f"({self.meta.describe()}). Fix: give all {self.crops} crops of the video, or accept "
                 f"any crop count (crops=None, --any-crops) to average the crops given")
+        d, want = getattr(s, "feature_dim", None), self.meta.feature_dim
+        if d is not None and want is not None and d != want:
+            return InputError(f"video {s.name!r}: D = {d}; the model expects D = {want} "
+                              f"({self.meta.describe()}). Fix: use features from the extractor the "
+                              f"model was trained on")
         return None
 
     def _load(self, s) -> np.ndarray:
+        """The source's features. FileVideo and ArraySource validate on load (values where they
+        enter); any other VideoSource is checked here, once."""
         a = s.load()
-        if not isinstance(a, np.ndarray) or a.ndim != 3 or a.shape[:2] != (s.crops, s.length):
-            raise InputError(f"video {s.name!r}: loaded features of shape {getattr(a, 'shape', None)}; "
-                             f"expected (C, T, D) = ({s.crops}, {s.length}, D) as announced")
-        d = self.meta.feature_dim
-        if d is not None and a.shape[2] != d:
-            raise InputError(f"video {s.name!r}: D = {a.shape[2]} (shape {a.shape}); the model expects "
-                             f"D = {d} ({self.meta.describe()})")
-        if a.dtype != np.float32:
-            if not np.issubdtype(a.dtype, np.floating):
-                raise InputError(f"video {s.name!r}: dtype {a.dtype}; expected float32 features")
-            a = a.astype(np.float32)
-        if not np.isfinite(a).all():
-            c, t, dd = (int(x) for x in np.argwhere(~np.isfinite(a))[0])
-            raise InputError(f"video {s.name!r}: {a[c, t, dd]} at crop {c}, snippet {t}, dim {dd}; "
-                             f"expected finite features")
-        return a
+        if getattr(s, "validated", False):
+            return a
+        return check_features(s.name, a, crops=s.crops, length=s.length,
+                              feature_dim=self.meta.feature_dim)
 
     def _run_call(self, videos: list[np.ndarray]) -> dict[str, np.ndarray]:
         """videos: each (C', T_i, D), same C' -> outputs (N, T_max) per name."""
@@ -436,16 +444,12 @@ class Scorer:
         for row, v in enumerate(videos):
             batch[row, :, : v.shape[1]] = v
             lengths[row] = v.shape[1]
-        # Each video was checked on load (D, dtype, finite) and its crop count against the
-        # model's before planning (a chunk has fewer crops): only structural checks remain.
-        out = self.runner.run(batch, lengths, check_crops=False, check_finite=False)
+        # Each video was checked where it entered (header and values on load, crop count and
+        # D against the model before planning; a chunk has fewer crops): the batch is valid.
+        out = self.runner.run(batch, lengths, check=False)
         self.stats["calls"] += 1
         self.stats["videos"] += n
         self.stats["padded_rows"] += n * c * t
         self.stats["real_rows"] += c * int(lengths.sum())
         return out
 
-
-def score_videos(runner: Runner, videos, **scorer_kwargs) -> list[VideoResult]:
-    """One-shot helper: Scorer(runner, **scorer_kwargs).score(videos)."""
-    return Scorer(runner, **scorer_kwargs).score(videos)

@@ -33,7 +33,7 @@ def run(checkpoint: str | None, scores_dir: str | None, dataset: str | None, roo
     # Torch-free imports only here: the --scores path must work without torch.
     from ..evaluate import dataset_files, load_test_set
     from ..metrics import evaluate_scores, format_table, load_score_dir
-    from ..plot import check_plot_videos, plot_scores
+    from ..plot import check_plot_videos, plot_score_curves
 
     if (checkpoint is None) == (scores_dir is None):
         raise click.UsageError("give either a CHECKPOINT or --scores DIR (exactly one)")
@@ -62,8 +62,9 @@ def run(checkpoint: str | None, scores_dir: str | None, dataset: str | None, roo
     title = (f"bnwvad-eval  {dataset or 'custom'}  "
              f"{'checkpoint ' + str(checkpoint) if checkpoint else 'scores ' + str(scores_dir)}")
     if plot_path:
-        plot_scores(plot_path, scores, test_set.videos, test_set.annotations, names=list(videos) or None,
-                    frames_per_snippet=metrics["frames_per_snippet"], title=title, extra=extra)
+        plot_score_curves(plot_path, scores, test_set.videos, test_set.annotations,
+                          names=list(videos) or None, frames_per_snippet=metrics["frames_per_snippet"],
+                          title=title, extra=extra)
     report = {**metrics, "dataset": dataset, "list": str(files.list_file),
               "annotations": str(files.annotations), "units": "fractions in [0, 1]", **source}
     # The table goes to stdout only once everything succeeded, then the JSON is written last.

@@ -245,3 +245,85 @@ def test_memory_bound_is_stated():
                          config=LoaderConfig(prefetch=2))
     assert loader.batch_bytes == 2 * 64 * 200 * 1024 * 4
     assert loader.memory_bound_bytes() == 3 * loader.batch_bytes
+
+
+# -- the one .npy reader (bnwvad.features): every bad file named, nothing unpickled -------------
+def _save(arr, **kw):
+    return lambda p: np.save(p, arr, **kw)
+
+
+def _truncated(p):
+    np.save(p, np.ones((6, 8), np.float32))
+    p.write_bytes(p.read_bytes()[:-40])
+
+
+def _corrupt_header(p):
+    np.save(p, np.ones((6, 8), np.float32))
+    raw = bytearray(p.read_bytes())
+    raw[10:20] = b"}{not dict"                       # inside the header's dict literal
+    p.write_bytes(bytes(raw))
+
+
+def _zip(p):
+    with open(p, "wb") as f:
+        np.savez(f, x=np.ones((6, 8), np.float32))
+
+
+def _pickle(p):
+    import pickle
+    p.write_bytes(pickle.dumps({"features": [1.0, 2.0]}))
+
+
+BAD_HEADERS = {
+    "missing": (None, r"no such feature file"),
+    "empty": (lambda p: p.write_bytes(b""), r"the file is empty \(0 bytes\)"),
+    "plain_pickle": (_pickle, r"a Python pickle, not a \.npy array \(never loaded"),
+    "zip": (_zip, r"a zip archive \(\.npz\?\), not a single \.npy array"),
+    "garbage": (lambda p: p.write_bytes(b"\x00\x01garbage" * 20), r"not a \.npy file \(starts with"),
+    "corrupt_header": (_corrupt_header, r"not a readable \.npy array: corrupted header"),
+    "object_array": (_save(np.array([{"x": 1}] * 6, dtype=object), allow_pickle=True),
+                     r"holds a pickled object array, which is never loaded"),
+    "truncated": (_truncated, r"truncated: its header announces shape \(6, 8\) float32 \(192 bytes of "
+                              r"data\) but the file holds 152"),
+    "ndim": (_save(np.ones(6, np.float32)), r"array of shape \(6,\) \(1 dimensions\); expected \(T, D\) "
+                                            r"or \(T, C, D\)"),
+    "dtype": (_save(np.ones((6, 8), np.int32)), r"dtype int32; expected floating-point features"),
+    "zero_T": (_save(np.zeros((0, 8), np.float32)), r"shape \(0, 8\) has T = 0 snippets; expected at least 1"),
+    "wrong_D": (_save(np.ones((6, 5), np.float32)), r"feature dimension D = 5 \(shape \(6, 5\)\); expected D = 8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HEADERS))
+def test_each_bad_header_is_refused_naming_the_file(tmp_path, case, monkeypatch):
+    from bnwvad.features import load_features, read_npy_header
+
+    make, message = BAD_HEADERS[case]
+    p = tmp_path / f"bad_{case}.npy"
+    if make is not None:
+        make(p)
+    monkeypatch.setattr("pickle.loads", lambda *a, **k: pytest.fail("something was unpickled"))
+    for read in (read_npy_header, load_features):      # the loader makes the same checks first
+        with pytest.raises(FeatureFileError, match=message) as e:
+            read(p, feature_dim=8)
+        assert str(e.value).startswith(f"{p}: ")
+
+
+def test_the_reader_reads_headers_without_data_and_values_on_load(tmp_path):
+    from bnwvad.features import load_features, read_npy, read_npy_header
+
+    x = np.arange(6 * 3 * 8, dtype=np.float64).reshape(6, 3, 8)
+    np.save(tmp_path / "f.npy", np.asfortranarray(x))
+    assert read_npy_header(tmp_path / "f.npy") == ((6, 3, 8), np.dtype(np.float64))
+    np.testing.assert_array_equal(read_npy(tmp_path / "f.npy"), x)               # order and dtype kept
+    got = load_features(tmp_path / "f.npy", feature_dim=8)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and got.flags.writeable
+    np.testing.assert_array_equal(got, x.astype(np.float32))
+    with pytest.raises(FeatureFileError, match=r"array of shape \(6, 3, 8\) \(3 dimensions\); expected \(T, D\)$"):
+        read_npy_header(tmp_path / "f.npy", ndim=(2,))
+    # Values are the loader's: the header of a file holding NaN is fine, its load is not.
+    y = np.ones((4, 8), np.float32)
+    y[2, 5] = np.nan
+    np.save(tmp_path / "nan.npy", y)
+    assert read_npy_header(tmp_path / "nan.npy") == ((4, 8), np.dtype(np.float32))
+    with pytest.raises(FeatureFileError, match=r"nan\.npy: contains NaN or inf \(first at index \(2, 5\)\)"):
+        load_features(tmp_path / "nan.npy")

@@ -217,6 +217,16 @@ def test_score_dir_and_snippet_csv_loading(tmp_path):
         read_snippet_counts(csv_path)
 
 
+def test_snippet_counts_for_a_test_list_need_every_video(tmp_path):
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("video,snippets\nb,2\nextra,9\na,3\n")
+    videos = [vid("a", 1), vid("b", 0)]
+    assert list(read_snippet_counts(csv_path, videos).items()) == [("a", 3), ("b", 2)]
+    with pytest.raises(EvaluationError, match=r"t.csv: no snippet count for 1 test videos, first 'c'; "
+                                              r"expected a row per video of my.list"):
+        read_snippet_counts(csv_path, [*videos, vid("c", 0)], list_file="my.list")
+
+
 def test_snippet_counts_from_feature_headers(tmp_path):
     (tmp_path / "test").mkdir()
     for c in range(2):

@@ -82,7 +82,8 @@ def test_a_lone_crop_file_is_not_silently_a_one_crop_video(toy_onnx, tmp_path):
     # Asked explicitly: each file is its own one-crop video (and the crop check is relaxed).
     r = invoke(tmp_path / "x__3.npy", "--no-crops-from-names", "--any-crops",
                "--model", toy_onnx, "--out", tmp_path / "out")
-    assert r.exit_code == 0, r.output and (tmp_path / "out" / "x__3.npy").is_file()
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "x__3.npy").is_file()
 
 
 def test_one_crop_file_needs_the_crop_check_relaxed(toy_onnx, tmp_path):
@@ -199,6 +200,20 @@ def test_outputs_replace_old_ones_atomically(toy_onnx, tmp_path):
     assert r.exit_code == 0
     assert np.load(out / "v.npy").shape == (5,)
     assert sorted(p.name for p in out.iterdir()) == ["results.npz", "summary.json", "v.npy"]
+
+
+def test_outputs_get_the_umask_permissions_without_touching_the_umask(toy_onnx, tmp_path, monkeypatch):
+    import os
+
+    from bnwvad import atomic
+
+    write_crops(tmp_path / "in", "v", feats(5))
+    # The umask is read once at import: a write never sets it (other threads would race).
+    monkeypatch.setattr(os, "umask", lambda *a: pytest.fail("os.umask called during a run"))
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    for name in ("v.npy", "results.npz", "summary.json"):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK
 
 
 def test_model_errors_exit_2_without_outputs(tmp_path):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from _toy_onnx import TOY_CROPS, TOY_D, toy_reference
-from bnwvad.runtime import (ArraySource, InputError, MemoryBudgetError, Scorer, VideoFailure,
+from bnwvad.runtime import (ArraySource, BackendError, InputError, MemoryBudgetError, Scorer, VideoFailure,
                             estimate_bytes, load_runner, plan_calls)
 from bnwvad.runtime.scoring import default_memory_budget
-from bnwvad.tolerances import check
+from bnwvad.runtime.contract import check
 
 LENGTHS = [5, 1, 17, 16, 3, 40, 2, 12, 12, 30]
 
@@ -95,7 +95,31 @@ def test_the_memory_estimate_grows_with_the_attention_square(runner):
     m = runner.meta
     assert estimate_bytes(2, 100, m) == 2 * estimate_bytes(1, 100, m)
     assert estimate_bytes(1, 2000, m) > 3.5 * estimate_bytes(1, 1000, m)
-    assert default_memory_budget() > 0
+
+
+def test_the_default_budget_is_a_fraction_of_what_is_free_under_the_tightest_limit(monkeypatch):
+    import psutil
+
+    from bnwvad.runtime import _cuda, memory
+
+    # The real one: at most half of what psutil says is available (a cgroup may bind tighter).
+    assert 0 < default_memory_budget() <= psutil.virtual_memory().available * memory.DEFAULT_FRACTION * 1.05
+    # Exactly fraction x the tightest limit; the fallback only when nothing can be read.
+    monkeypatch.setattr(memory, "cgroup_limits", lambda *a: [])
+    monkeypatch.setattr(memory, "host_limit", lambda: memory.Limit("MemAvailable (host)", 12 << 30))
+    assert default_memory_budget(fraction=0.25) == 3 << 30
+    assert default_memory_budget() == 6 << 30
+    # CUDA: free device memory when libcudart answers and it is tighter, else host RAM.
+    monkeypatch.setattr(_cuda, "set_device", lambda i: None)
+    monkeypatch.setattr(_cuda, "mem_get_info", lambda: (2 << 30, 80 << 30))
+    assert default_memory_budget("cuda") == 1 << 30
+
+    def no_cudart(*a):
+        raise BackendError("the CUDA runtime library (libcudart) was not found")
+    monkeypatch.setattr(_cuda, "mem_get_info", no_cudart)
+    assert default_memory_budget("cuda", fraction=0.5) == 6 << 30
+    monkeypatch.setattr(memory, "host_limit", lambda: None)
+    assert default_memory_budget() == memory.FALLBACK_BYTES == 4 << 30
 
 
 def test_crop_count_policy(runner):
@@ -131,6 +155,85 @@ def test_nan_in_a_video_is_reported_by_name(runner):
     v[1, 2, 3] = np.inf
     with pytest.raises(InputError, match=r"video 'bad': inf at crop 1, snippet 2, dim 3"):
         Scorer(runner).score({"bad": v})
+
+
+class _Spy:
+    """A runner that records how the Scorer calls it."""
+
+    def __init__(self, runner):
+        self._runner, self.calls = runner, []
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def run(self, features, lengths, **kwargs):
+        self.calls.append(kwargs)
+        return self._runner.run(features, lengths, **kwargs)
+
+
+def test_the_scorer_runs_validated_batches_unchecked_once_per_call(runner):
+    vids = videos()
+    for budget in (None, estimate_bytes(1, 40, runner.meta)):        # batches, then crop chunks too
+        spy = _Spy(runner)
+        scorer = Scorer(spy, max_batch=4, min_fill=0.0, memory_budget=budget)
+        got = scorer.score(vids)
+        assert scorer.stats["calls"] > 1
+        assert spy.calls == [{"check": False}] * scorer.stats["calls"]
+        for r in got:
+            np.testing.assert_allclose(r.anomaly, toy_reference(vids[r.name])["anomaly"], rtol=1e-5, atol=1e-6)
+
+
+class _Foreign:
+    """A VideoSource of another library: neither FileVideo nor ArraySource."""
+
+    def __init__(self, name, features, length=None):
+        self.name, self.features = name, features
+        self.crops, self.length = features.shape[0], length or features.shape[1]
+
+    def load(self):
+        return self.features
+
+
+def test_in_memory_videos_are_still_checked_once(runner):
+    bad = videos([4])["v0"]
+    bad[2, 3, 1] = np.nan
+    spy = _Spy(runner)
+    with pytest.raises(InputError, match=r"video 'bad': nan at crop 2, snippet 3, dim 1; expected finite"):
+        Scorer(spy).score({"bad": bad})
+    with pytest.raises(InputError, match=r"video 'ints': dtype int64; expected float32 features"):
+        Scorer(spy).score({"ints": np.ones((TOY_CROPS, 4, TOY_D), np.int64)})
+    assert spy.calls == []                                         # nothing reached the runner
+    # Another library's source is checked on load too (values, and the shape it announced)...
+    out = list(Scorer(spy).iter_results([_Foreign("f", bad), _Foreign("g", videos([3])["v0"][:, :2], length=3)]))
+    fails = {r.name: r.message for r in out if isinstance(r, VideoFailure)}
+    assert "nan at crop 2, snippet 3" in fails["f"]
+    assert "shape (3, 2, 8); expected (C, T, D) = (3, 3, 8) as announced" in fails["g"]
+    # ... and a D announced against the model's before anything loads.
+    x = videos([4], d=5)["v0"]
+    with pytest.raises(InputError, match=r"video 'd5': D = 5; the model expects D = 8"):
+        Scorer(spy).score({"d5": x})
+    assert spy.calls == []
+    # float64 in memory is accepted and converted once.
+    good = videos([4])["v0"]
+    r = Scorer(runner).score({"f64": good.astype(np.float64)})[0]
+    np.testing.assert_allclose(r.anomaly, toy_reference(good)["anomaly"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_file_rewritten_after_collection_fails_naming_it(runner, tmp_path):
+    from bnwvad.runtime.inputs import collect_videos
+
+    vids = videos([6, 5])
+    for name, v in vids.items():
+        for k in range(TOY_CROPS):
+            np.save(tmp_path / f"{name}__{k}.npy", v[k])
+    found, failures = collect_videos([tmp_path], feature_dim=TOY_D, crops_hint=TOY_CROPS)
+    assert not failures and [v.feature_dim for v in found] == [TOY_D, TOY_D]
+    np.save(tmp_path / "v1__2.npy", vids["v1"][2, :4])                   # T 5 -> 4 meanwhile
+    out = list(Scorer(runner).iter_results(found))
+    fails = {r.name: r.message for r in out if isinstance(r, VideoFailure)}
+    assert list(fails) == ["v1"]
+    assert fails["v1"].startswith(f"{tmp_path / 'v1__2.npy'}: shape (4, 8) on load, but (5,) when video "
+                                  f"'v1' was collected")
 
 
 def test_duplicate_names_are_refused(runner):

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CKPT = REPO.parent / "shared" / "reference" / "official_state_dict.pkl"
+from bnwbench.measure import interleaved_rounds, matmul_probes
+from bnwbench.plan import PUBLISHED
+from bnwbench.system import load_average
 
 # Graph variants: (precision, graph options, session config entries).
 VARIANTS = {
@@ -63,35 +64,9 @@ def _graph(deploy, precision: str, options: dict) -> bytes:
     return proto.SerializeToString()
 
 
-def _matmul_probe(m: int, k: int, n: int, threads: int):
-    """Callables running one (m, k) x (k, n) fp32 GEMM in ORT and in torch."""
-    import torch
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((k, n), dtype=np.float32)
-    a = rng.standard_normal((m, k), dtype=np.float32)
-    g = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm",
-                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-                          [numpy_helper.from_array(w, "w")])
-    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = 8
-    sess = _session(proto.SerializeToString(), threads, {})
-    ta, tw = torch.from_numpy(a), torch.from_numpy(w)
-
-    def ort_mm():
-        sess.run(None, {"a": a})
-
-    def torch_mm():
-        with torch.inference_mode():
-            torch.matmul(ta, tw)
-    return ort_mm, torch_mm, 2.0 * m * k * n
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=str(DEFAULT_CKPT))
+    p.add_argument("--checkpoint", default=str(PUBLISHED))
     p.add_argument("--preset", default="xd")
     p.add_argument("--shapes", nargs="+", default=["1,10,200", "1,10,37"], metavar="N,C,T")
     p.add_argument("--repeats", type=int, default=15)
@@ -109,7 +84,7 @@ def main(argv=None) -> int:
 
     from bnwvad.checkpoint import load_model
     from bnwvad.export.fold import fold
-    from bnwvad.tolerances import error
+    from bnwvad.runtime.contract import OUTPUTS, compare_outputs
 
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -133,26 +108,22 @@ def main(argv=None) -> int:
             with torch.inference_mode():
                 return model(tx, tl)
         ref = torch_eager()
+        ref = {k: getattr(ref, k).numpy() for k in OUTPUTS}
         runs = {"pytorch": torch_eager}
         errs = {}
         for name, sess in sessions.items():
             runs[name] = (lambda s=sess: s.run(None, feeds))
-            out = runs[name]()
-            errs[name] = max(error(o, r.numpy(), "rel_to_max") for o, r in zip(out, ref))
-        ort_mm, torch_mm, mm_flops = _matmul_probe(n * c * t, cfg.feature_dim, 3 * cfg.embed_dim, args.threads)
-        runs["peak:ort-matmul"], runs["peak:torch-matmul"] = ort_mm, torch_mm
-        for f in runs.values():      # warm-up
-            f()
-        times = {k: [] for k in runs}
-        names = list(runs)
-        for r in range(args.repeats):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                # Let the previous backend's worker threads stop spinning (ORT's pool and
-                # OpenMP both spin after a call): otherwise they steal this call's cores.
-                time.sleep(args.pause)
-                t0 = clock()
-                runs[name]()
-                times[name].append(clock() - t0)
+            out = dict(zip((o.name for o in sess.get_outputs()), runs[name]()))
+            errs[name] = max(d.max_rel for d in compare_outputs(out, ref, lengths))
+        # The fp32 peak at the embedding GEMM's size, (N*C*T, D) x (D, 3E), in ORT and torch.
+        probes = matmul_probes(shape=(n * c * t, cfg.feature_dim, 3 * cfg.embed_dim), threads=args.threads,
+                               libraries=("onnxruntime", "torch"))
+        mm_flops = probes["torch"][1]
+        runs["peak:ort-matmul"], runs["peak:torch-matmul"] = probes["onnxruntime"][0], probes["torch"][0]
+        # Interleaved rounds, rotated order, a pause before each call: the previous backend's
+        # worker threads (ORT's pool, OpenMP) stop spinning instead of stealing this call's cores.
+        times, _ = interleaved_rounds(runs, warmup=1, min_rounds=args.repeats, max_rounds=args.repeats,
+                                      budget_s=0.0, gap_s=args.pause, clock=clock)
         med = {k: statistics.median(v) for k, v in times.items()}
         best = {k: min(v) for k, v in times.items()}
         flops = model.num_flops(t, crops=c) * n
@@ -160,7 +131,7 @@ def main(argv=None) -> int:
         # model's best round is compared with it, and its median with the probes' median.
         peak_best = max(mm_flops / best[k] for k in ("peak:ort-matmul", "peak:torch-matmul"))
         peak_med = max(mm_flops / med[k] for k in ("peak:ort-matmul", "peak:torch-matmul"))
-        load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+        load = (load_average() or ["?"])[0]
         print(f"\nN,C,T = {n},{c},{t}: {flops / 1e9:.2f} GFLOP per call (nominal); fp32 matmul peak "
               f"{peak_best / 1e9:.0f} GFLOP/s best, {peak_med / 1e9:.0f} median "
               f"(ORT {mm_flops / med['peak:ort-matmul'] / 1e9:.0f}, torch {mm_flops / med['peak:torch-matmul'] / 1e9:.0f}); "

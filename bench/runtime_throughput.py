@@ -24,85 +24,22 @@ process, so the memory figures are the runtime's).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("BNWVAD_SHARED", REPO.parent / "shared"))
+from bnwbench.plan import PUBLISHED, XD_LENGTHS
+from bnwbench.system import PeakMemory, reset_hwm, vm_hwm, vm_rss
+from bnwbench.workload import PoolVideo, read_lengths
+
 BUCKETS = (64, 256, 1024, 1 << 30)          # report ratios by the longest video of a call
-
-
-def read_lengths(csv_path: Path) -> list[tuple[str, int]]:
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        return [(r["video"], int(r["snippets"])) for r in csv.DictReader(f)]
-
-
-class PoolVideo:
-    """A stand-in video: a (C, T, D) window of one shared random pool (cheap to 'load', the
-    same cost in both modes)."""
-
-    def __init__(self, name: str, length: int, crops: int, pool: np.ndarray, offset: int):
-        self.name, self.length, self.crops = name, length, crops
-        self._pool, self._offset = pool, offset
-
-    def load(self) -> np.ndarray:
-        return np.ascontiguousarray(self._pool[: self.crops, self._offset: self._offset + self.length])
-
-
-def vm_hwm() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def vm_rss() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")     # resets the peak RSS (VmHWM) to the current RSS
-        return True
-    except OSError:
-        return False
-
-
-class PeakSampler:
-    """Fallback where clear_refs is not writable: max VmRSS sampled every 2 ms."""
-
-    def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, vm_rss())
-            time.sleep(0.002)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def probe_one(model: Path, n: int, t: int, crops: int) -> dict:
@@ -125,15 +62,14 @@ def probe_one(model: Path, n: int, t: int, crops: int) -> dict:
 def export_published(out: Path) -> Path:
     code = ("import sys; from bnwvad.export import export_onnx; "
             "export_onnx(sys.argv[1], sys.argv[2], preset='xd', precision='fp32')")
-    subprocess.run([sys.executable, "-c", code, str(SHARED / "reference" / "official_state_dict.pkl"),
-                    str(out)], check=True)
+    subprocess.run([sys.executable, "-c", code, str(PUBLISHED), str(out)], check=True)
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="exported .onnx (default: export the published weights)")
-    ap.add_argument("--csv", type=Path, default=SHARED / "datasets" / "xd-violence" / "test_snippets.csv")
+    ap.add_argument("--csv", type=Path, default=XD_LENGTHS)
     ap.add_argument("--crops", type=int, default=5)
     ap.add_argument("--every", type=int, default=1,
                     help="keep every k-th video of the length-sorted list (deterministic subsample)")
@@ -210,14 +146,12 @@ def main(argv=None) -> int:
         row["snippets"] += sum(v.length for v in group)
         row["batched_calls"] += 1
         for mode, scorer in modes:
-            if can_reset:
-                reset_hwm()
-            with PeakSampler() as sampler:
+            with PeakMemory() as pm:        # VmHWM reset per phase where allowed, else RSS sampled
                 t0 = time.perf_counter()
                 n = sum(1 for out in scorer.iter_results(group) if hasattr(out, "anomaly"))
                 dt = time.perf_counter() - t0
             assert n == len(group), f"{mode}: only {n} of {len(group)} videos scored"
-            peaks[mode] = max(peaks[mode], vm_hwm() if can_reset else sampler.peak)
+            peaks[mode] = max(peaks[mode], pm.peak)
             totals[mode] += dt
             row[mode + "_s"] += dt
         if (k + 1) % 20 == 0:

@@ -31,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "datasets" / "xd-violence"
+from bnwbench.plan import XD_LENGTHS
+from bnwbench.workload import read_lengths
+
+SHARED = XD_LENGTHS.parent          # the XD-Violence lists and test_snippets.csv
 
 
 def build_tree(root: Path, videos: int, crops: int, dim: int, seed: int = 0) -> Path:
@@ -51,9 +53,8 @@ def build_tree(root: Path, videos: int, crops: int, dim: int, seed: int = 0) -> 
     names_abn = (names_abn or [f"stand.in.{i:04d}__#1_label_B1-0-0" for i in range(videos)])[:videos]
     names_nor = (names_nor or [f"stand.in.{i:04d}__#1_label_A" for i in range(videos)])[:videos]
     lengths_pool = None
-    if (SHARED / "test_snippets.csv").is_file():
-        rows = (SHARED / "test_snippets.csv").read_text().splitlines()[1:]
-        lengths_pool = np.array([int(r.split(",")[1]) for r in rows])
+    if XD_LENGTHS.is_file():
+        lengths_pool = np.array([n for _, n in read_lengths(XD_LENGTHS)])
     (root / "train").mkdir(parents=True, exist_ok=True)
     lines = []
     for name in names_abn + names_nor:

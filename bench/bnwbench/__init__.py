@@ -1,0 +1,17 @@
+"""The phases of bench/run.py and the measurement helpers every bench script shares.
+
+Not an installed package: the scripts in bench/ import it from their own folder (Python puts
+a script's folder on sys.path). Modules, in the order a run uses them:
+
+    plan        paths, shared constants, BenchPlan (how much a mode measures)
+    measure     timing in interleaved rounds, other processes' CPU share, the GEMM peak probes
+    system      memory of this process (RSS, peak RSS), the machine, the software
+    workload    video lengths and stand-in videos for throughput runs
+    backends    the Spec table and opening every backend as a runtime Runner
+    models      the timed and demo models, their exported graphs and TensorRT engines (cached)
+    latency, throughput, memory, accuracy    the phases
+    report      report.json's assembly, markdown, the chart, the headline line
+
+Nothing here imports torch at module level: the memory helper process of an ONNX Runtime
+backend must never load it.
+"""

@@ -45,3 +45,48 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, **dumps_kwargs: Any) ->
     """JSON with a trailing newline; dumps_kwargs go to json.dumps (indent=2 by default)."""
     dumps_kwargs.setdefault("indent", 2)
     return atomic_write_bytes(path, (json.dumps(obj, **dumps_kwargs) + "\n").encode("utf-8"))
+
+
+class StagedFiles:
+    """Files that must appear together (an ONNX model and its external-data file; an engine
+    and its sidecar), written by a third party into a private folder beside their
+    destination, then fsynced and renamed into place by `commit`. Until then nothing is
+    visible at the destination; leaving the block without committing removes the folder.
+
+        with StagedFiles(out.parent, out.name) as stage:
+            onnx.save_model(proto, stage.path(out.name))
+            verify(stage.path(out.name))
+            stage.commit({out.name: out})
+    """
+
+    def __init__(self, folder: str | os.PathLike, label: str = "stage"):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{label}.", suffix=".tmp", dir=self.folder))
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def commit(self, destinations: dict[str, str | os.PathLike]) -> list[Path]:
+        """Move staged files (name -> destination) into place, each fsynced first, in the
+        order given (put the file readers look for last)."""
+        moved = []
+        for name, dest in destinations.items():
+            src = self.dir / name
+            with open(src, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(src, 0o666 & ~_UMASK)
+            os.replace(src, dest)
+            moved.append(Path(dest))
+        return moved
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ import onnx
 import torch
 
 from bnwvad._version import __version__
+from bnwvad.atomic import StagedFiles
 from bnwvad.checkpoint import checkpoint_info, load_model
 from bnwvad.config import get_preset
 from bnwvad.model import BNWVAD
@@ -171,11 +170,9 @@ def export_onnx(source, out_path, *, preset: str | None = None, precision: str =
     onnx.checker.check_model(proto, full_check=True)
     say(f"graph: {len(proto.graph.node)} nodes, {precision}, opset {opset}; onnx.checker ok")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     data_name = out.name + ".data"
-    try:
-        tmp_model = tmpdir / out.name
+    with StagedFiles(out.parent, out.name) as stage:
+        tmp_model = stage.path(out.name)
         if external_data:
             onnx.save_model(proto, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
@@ -200,13 +197,9 @@ def export_onnx(source, out_path, *, preset: str | None = None, precision: str =
                                             precision=precision, against="the PyTorch model", log=log,
                                             cases=fp16_arithmetic_cases(cfg.feature_dim))
                 raise_unless_ok(fp16_report, out, "the fp16 graph (fp16 arithmetic, onnx.reference)")
-        data_path = None
-        if external_data:
-            data_path = out.parent / data_name
-            os.replace(tmpdir / data_name, data_path)
-        os.replace(tmp_model, out)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        # The data file first: a reader that finds the model finds its weights.
+        data_path = out.parent / data_name if external_data else None
+        stage.commit({data_name: data_path, out.name: out} if external_data else {out.name: out})
     rep = ExportReport(out, data_path, precision, int(opset), meta, report, fp16_report, fold_err,
                        len(proto.graph.node), out.stat().st_size, time.perf_counter() - t0)
     say(rep.summary())

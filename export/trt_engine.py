@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ import numpy as np
 from bnwvad.runtime.contract import tolerance_for
 from bnwvad.runtime.errors import BackendError
 
-from ..atomic import atomic_write_bytes
+from ..atomic import StagedFiles, atomic_write_bytes
 from .metadata import read_metadata
 
 INSTALL_HINT = ("install TensorRT 10 or 11 for your CUDA version on a machine with an NVIDIA GPU: "
@@ -208,14 +206,15 @@ def build_engine(onnx_path, engine_path, *, profile: Profile | None = None, timi
     })
     side_bytes = json.dumps(side, indent=2, sort_keys=True).encode()
     report = None
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    if verify:
-        report = _verify_engine(engine, side_bytes, engine_path, onnx_path, precision, profile, reference,
-                                preset, device, verified_against, say, log)
     sidecar = engine_path.with_name(engine_path.name + ".json")
-    atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
-    atomic_write_bytes(sidecar, side_bytes)
-    atomic_write_bytes(engine_path, engine)
+    with StagedFiles(engine_path.parent, engine_path.name) as stage:
+        stage.path(engine_path.name).write_bytes(engine)
+        stage.path(sidecar.name).write_bytes(side_bytes)
+        if verify:
+            report = _verify_engine(stage.path(engine_path.name), engine_path, onnx_path, precision, profile,
+                                    reference, preset, device, verified_against, say, log)
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
+        stage.commit({sidecar.name: sidecar, engine_path.name: engine_path})   # the engine last
     rep = EngineReport(engine_path, sidecar, cache_path, side, report, time.perf_counter() - t0)
     say(rep.summary())
     return rep
@@ -229,38 +228,31 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verify_engine(engine: bytes, side_bytes: bytes, engine_path: Path, onnx_path: Path, precision: str,
-                   profile: Profile, reference, preset, device, against: str, say, log):
-    """The engine, staged in a temporary folder beside its destination with its sidecar, on
-    the runtime's TensorRTRunner (what bnwvad-infer will run), against the PyTorch model or
-    the ONNX graph on ONNX Runtime's CPU provider. Raises VerificationError on a miss."""
+def _verify_engine(staged: Path, engine_path: Path, onnx_path: Path, precision: str, profile: Profile,
+                   reference, preset, device, against: str, say, log):
+    """The staged engine (beside its staged sidecar) on the runtime's TensorRTRunner, what
+    bnwvad-infer will run, against the PyTorch model or the ONNX graph on ONNX Runtime's CPU
+    provider. Raises VerificationError on a miss."""
     from bnwvad.runtime.runners import OrtRunner, TensorRTRunner
 
     from .verify import raise_unless_ok, verify_runner
 
-    stage = Path(tempfile.mkdtemp(prefix=f".{engine_path.name}.", suffix=".tmp", dir=engine_path.parent))
-    try:
-        staged = stage / engine_path.name
-        staged.write_bytes(engine)
-        (stage / (engine_path.name + ".json")).write_bytes(side_bytes)
-        if reference is not None:
-            from bnwvad.torch_runner import TorchRunner
+    if reference is not None:
+        from bnwvad.torch_runner import TorchRunner
 
-            from .exporter import load_source
-            model, _ = load_source(reference, preset, device)
-            ref = TorchRunner(model, device=device)
-        else:
-            ref = OrtRunner(onnx_path, "ort-cpu", strict=True)
-        with TensorRTRunner(staged) as trt_run, ref:
-            say(f"verifying the engine ({trt_run.describe()}) against {against}")
-            d = int(trt_run.meta.feature_dim)
-            report = verify_runner(trt_run, ref, tolerance=tolerance_for(precision, "tensorrt"),
-                                   cases=_engine_cases(d, trt_run.meta.crops, profile), precision=precision,
-                                   against=against, log=log)
-        raise_unless_ok(report, engine_path, f"the {precision} engine")
-        return report
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        from .exporter import load_source
+        model, _ = load_source(reference, preset, device)
+        ref = TorchRunner(model, device=device)
+    else:
+        ref = OrtRunner(onnx_path, "ort-cpu", strict=True)
+    with TensorRTRunner(staged) as trt_run, ref:
+        say(f"verifying the engine ({trt_run.describe()}) against {against}")
+        d = int(trt_run.meta.feature_dim)
+        report = verify_runner(trt_run, ref, tolerance=tolerance_for(precision, "tensorrt"),
+                               cases=_engine_cases(d, trt_run.meta.crops, profile), precision=precision,
+                               against=against, log=log)
+    raise_unless_ok(report, engine_path, f"the {precision} engine")
+    return report
 
 
 __all__ = ["EngineReport", "Profile", "TensorRTError", "build_engine", "require_tensorrt"]

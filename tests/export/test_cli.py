@@ -53,7 +53,7 @@ def test_export_succeeds_and_reports_verification(ckpt, tmp_path):
 
 def test_failed_verification_exits_nonzero_and_leaves_no_file(ckpt, tmp_path):
     out = tmp_path / "m.onnx"
-    code = ("import sys, bnwvad.tolerances as t; "
+    code = ("import sys, bnwvad.runtime.contract as t; "
             "t.TOLERANCES['onnx_fp32'] = t.Tolerance(0.0, 'rel_to_max', 'test: impossible'); "
             "from bnwvad.export.cli import main; sys.argv[0] = 'bnwvad-export'; main()")
     r = _cli(str(ckpt), "-o", str(out), code=code)
@@ -111,5 +111,57 @@ def test_int8_from_the_cli(ckpt, tmp_path):
     r = _cli(str(ckpt), "-o", str(out), "--int8")
     assert r.returncode == 0, r.stderr
     assert "onnx_int8" in r.stderr
-    meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    proto = onnx.load(str(out))
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
     assert meta["precision"] == "int8"
+    _assert_int8_matmuls_exact(proto)
+
+
+def _assert_int8_matmuls_exact(proto):
+    """The int8 graph computes the same on every CPU: its integer matmuls pass the exporter's
+    no-saturation check (uint8 weights: u8 x s8 pair sums saturate the int16 of ONNX Runtime's
+    AVX2 kernel on CPUs without VNNI), agree with onnx.reference's exact integer arithmetic on
+    this CPU, and the head (whose output's norm is the DFM) stays fp32."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    from bnwvad.export.quantize import check_exact_everywhere
+
+    integer = [n for n in proto.graph.node if n.op_type == "MatMulInteger"]
+    assert integer and check_exact_everywhere(proto) == len(integer)
+    head = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.input[1].startswith(("head", "out"))]
+    assert len(head) == 3, head                    # head0, head1 and the score layer, all fp32
+    d = next(json.loads(p.value) for p in proto.metadata_props if p.key == "feature_dim")
+    rng = np.random.default_rng(0)
+    x = (rng.random((1, 2, 9, d), dtype=np.float32) * 2).astype(np.float32)
+    x[:, :, 4] *= 1e4                              # an outlier row, like the verification's burst
+    feeds = {"features": x, "lengths": np.array([9], np.int64)}
+    names = ["score", "dfm", "anomaly"]
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(names, feeds)
+    with np.errstate(over="ignore", invalid="ignore"):    # its Sigmoid evaluates both branches
+        want = ReferenceEvaluator(proto).run(names, feeds)
+    for name, g, w in zip(names, got, want):
+        rel = float(np.abs(g - w).max() / np.abs(w).max())
+        assert rel < 1e-4, f"{name}: ONNX Runtime's integer matmuls differ from exact arithmetic by {rel:.3g}"
+
+
+def test_int8_saturation_check_refuses_full_range_int8_weights():
+    """What the check guards against: full-range int8 weights (ONNX Runtime's default)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bnwvad.export.quantize import QuantizationError, check_exact_everywhere
+
+    def graph(w, zp):
+        g = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "b", "", "bz"], ["y"], name="mm")], "g",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [None, 2])],
+            [numpy_helper.from_array(w, "b"), numpy_helper.from_array(zp, "bz")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    ok = np.array([[64, -64], [3, 0], [0, 0], [1, 2]], np.int8)
+    assert check_exact_everywhere(graph(ok, np.zeros(2, np.int8))) == 1
+    assert check_exact_everywhere(graph(np.full((4, 2), 255, np.uint8), np.zeros(2, np.uint8))) == 1
+    with pytest.raises(QuantizationError, match="saturate"):
+        check_exact_everywhere(graph(np.array([[127, 0], [0, 0], [0, 0], [0, 0]], np.int8), np.zeros(2, np.int8)))

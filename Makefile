@@ -42,7 +42,7 @@ bench: setup
 	$(PY) bench/run.py
 
 gpu-check:
-	VENV=$(VENV) bash scripts/gpu_check.sh
+	VENV=$(VENV) bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -4,7 +4,7 @@
 #                 and the tensorrt extra; torch from PyPI (its Linux wheel is the CUDA build)
 # TORCH=...    -> the torch requirement; TORCH_INDEX=URL picks a wheel index (e.g. CPU builds);
 #                 TORCH= (empty) installs no torch of its own (e.g. with VENV_ARGS below)
-# EXTRAS=...   -> the package extras installed (default train,export,RUNTIME,dev; + tensorrt for gpu)
+# EXTRAS=...   -> the package extras installed (default train,export,analysis,RUNTIME,dev; + tensorrt for gpu)
 # VENV_ARGS=.. -> extra arguments of `python -m venv`, e.g. --system-site-packages to reuse a
 #                 machine's own CUDA torch where no registry can be reached
 # make gpu-check -> scripts/gpu_check.sh: GPU set-up, gpu tests, TensorRT engines, GPU benchmark
@@ -15,7 +15,7 @@ RUNTIME ?= cpu
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 comma := ,
-EXTRAS ?= train,export,$(RUNTIME),dev$(if $(filter gpu,$(RUNTIME)),$(comma)tensorrt)
+EXTRAS ?= train,export,analysis,$(RUNTIME),dev$(if $(filter gpu,$(RUNTIME)),$(comma)tensorrt)
 PY := $(VENV)/bin/python
 OTHER_ORT := $(if $(filter gpu,$(RUNTIME)),onnxruntime,onnxruntime-gpu)
 

@@ -2,8 +2,11 @@
 
 Our file is a `torch.save`d dict of plain containers and tensors:
     {"format": "bnwvad-checkpoint", "format_version": 1, "config": {...},
-     "preset": "xd" | None, "state_dict": {...}, "meta": {...}}
-so `load_model(path)` alone rebuilds the model. Everything is loaded with
+     "preset": "xd" | None, "crops": 5 | None, "state_dict": {...}, "meta": {...}}
+so `load_model(path)` alone rebuilds the model. `preset` names the dataset preset the model was
+trained for (ucf, xd, shanghaitech, demo); `crops` is the number of crops per video of the data it
+was trained and evaluated on (what an export records as the crops a video must have). Files
+without `crops` (older ones) still load: readers fall back to the preset's crop count. Everything is loaded with
 `torch.load(weights_only=True)`: a file that needs arbitrary unpickling is refused.
 """
 from __future__ import annotations
@@ -96,14 +99,21 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, model: BNWVAD, *, preset: str | None = None,
-                    meta: dict | None = None, train_state: dict | None = None) -> None:
+                    crops: int | None = None, meta: dict | None = None,
+                    train_state: dict | None = None) -> None:
     """Write our checkpoint format atomically. train_state (optimizer, step, RNG) is
-    what `--resume` needs; it must hold only tensors and plain containers."""
+    what `--resume` needs; it must hold only tensors and plain containers. `crops`: crops per
+    video of the model's data (default: the preset's crop count, if a preset is given)."""
+    if crops is None and preset is not None:
+        crops = get_preset(preset).crops
+    if crops is not None and (isinstance(crops, bool) or int(crops) != crops or crops < 1):
+        raise ValueError(f"crops={crops!r}: expected a positive number of crops per video")
     obj = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
         "preset": preset,
+        "crops": None if crops is None else int(crops),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
     }
@@ -213,9 +223,19 @@ def _config_for_bare_state(path: Path, state: Mapping[str, Any], preset: str) ->
 
 
 def checkpoint_info(path: str | os.PathLike) -> dict:
-    """Config, preset and digest of a checkpoint, for export metadata and reports."""
+    """Config, preset, crops and digest of a checkpoint, for export metadata and reports.
+
+    `crops` is the checkpoint's own crop count, else its preset's, else None (published
+    state_dicts carry neither)."""
     obj = read_checkpoint(path)
-    info = {"path": str(path), "digest": file_digest(path)}
+    info = {"path": str(path), "digest": file_digest(path), "preset": None, "crops": None}
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        info.update(preset=obj.get("preset"), config=obj.get("config"), meta=obj.get("meta", {}))
+        preset = obj.get("preset")
+        crops = obj.get("crops")
+        if crops is None and preset is not None:
+            try:
+                crops = get_preset(preset).crops
+            except ValueError:
+                crops = None
+        info.update(preset=preset, crops=crops, config=obj.get("config"), meta=obj.get("meta", {}))
     return info

@@ -91,6 +91,8 @@ class DatasetPreset:
     ratio_batch: float
     audio_dim: int = 0               # > 0: optional audio features that can be appended
     frames_per_snippet: int = 16
+    # Model sizes other than the paper's defaults, as (field, value) pairs (the demo's).
+    model: tuple[tuple[str, Any], ...] = ()
 
     def model_config(self, audio: bool = False, **overrides: Any) -> ModelConfig:
         if audio and not self.audio_dim:
@@ -98,8 +100,16 @@ class DatasetPreset:
         dim = self.feature_dim + (self.audio_dim if audio else 0)
         kw: dict[str, Any] = dict(feature_dim=dim, ratio_sample=self.ratio_sample,
                                   ratio_batch=self.ratio_batch)
+        kw.update(dict(self.model))
         kw.update(overrides)
         return ModelConfig(**kw)
+
+
+# The built-in demo set (bnwvad.demo: XD-Violence layout, 5 crops of synthetic 128-d features)
+# and the demo recipe's model, smaller than the paper's so that it trains in minutes on 2 CPU
+# cores. bnwvad.demo takes its recipe from here.
+DEMO_MODEL_SIZES: tuple[tuple[str, Any], ...] = (
+    ("embed_dim", 64), ("heads", 2), ("head_dim", 32), ("mlp_dim", 64), ("hidden_dims", (32, 16)))
 
 
 PRESETS: dict[str, DatasetPreset] = {
@@ -108,6 +118,8 @@ PRESETS: dict[str, DatasetPreset] = {
                         audio_dim=128),
     "shanghaitech": DatasetPreset("shanghaitech", crops=10, feature_dim=1024,
                                   ratio_sample=0.3, ratio_batch=0.4),
+    "demo": DatasetPreset("demo", crops=5, feature_dim=128, ratio_sample=0.2, ratio_batch=0.4,
+                          model=DEMO_MODEL_SIZES),
 }
 
 

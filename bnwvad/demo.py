@@ -55,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import PRESETS
+
 GENERATOR_VERSION = 2
 MANIFEST = "demo_manifest.json"
 FRAMES_PER_SNIPPET = 16
@@ -419,11 +421,20 @@ def generate_demo(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, *,
 
 
 # -- the demo recipe: the paper's method at a size that trains in minutes on 2 CPU cores ----
-DEMO_MODEL = dict(embed_dim=64, heads=2, head_dim=32, mlp_dim=64, hidden_dims=(32, 16),
-                  ratio_sample=0.2, ratio_batch=0.4)
+# The model sizes, selection ratios and crop count are the `demo` dataset preset's
+# (bnwvad.config.PRESETS["demo"]), so checkpoints trained on the demo set name that preset and
+# exports of them record 5 crops and D = 128 (DemoSpec's defaults).
+_PRESET = PRESETS["demo"]
+DEMO_MODEL = dict(_PRESET.model, ratio_sample=_PRESET.ratio_sample, ratio_batch=_PRESET.ratio_batch)
 DEMO_TRAIN = dict(batch_size=32, segments=64, iterations=300, eval_every=50)
-DEMO_CROPS = 5
+DEMO_CROPS = _PRESET.crops
+
+
+def demo_preset(spec: DemoSpec) -> str | None:
+    """"demo" when a generated set matches the demo preset (crop count and D), else None:
+    a set generated with other sizes is not the preset's data."""
+    return "demo" if (spec.crops, spec.feature_dim) == (_PRESET.crops, _PRESET.feature_dim) else None
 
 
 __all__ = ["CLASSES", "DEFAULT_ROOT", "DEMO_CROPS", "DEMO_MODEL", "DEMO_TRAIN", "DemoError", "DemoSpec",
-           "GENERATOR_VERSION", "existing_demo", "generate_demo", "read_manifest", "spec_from_manifest"]
+           "GENERATOR_VERSION", "demo_preset", "existing_demo", "generate_demo", "read_manifest", "spec_from_manifest"]

@@ -8,7 +8,12 @@ BIN=${VENV:-.venv}/bin
 OUT=${OUT:-runs/demo}
 
 echo "== 1/6 train on the demo dataset (generated into demo_data/ on first use)"
-"$BIN/bnwvad-train" --out "$OUT" --no-progress
+if [ -f "$OUT/last.pt" ]; then
+    # An earlier `make demo` left its run: continue it (nothing to do when it is complete).
+    "$BIN/bnwvad-train" --resume --out "$OUT" --no-progress
+else
+    "$BIN/bnwvad-train" --out "$OUT" --no-progress
+fi
 echo "== 2/6 export fp32 and fp16 (each verified against PyTorch)"
 "$BIN/bnwvad-export" "$OUT/best.pt" -o "$OUT/model.onnx" 2>&1 | tail -n 2
 "$BIN/bnwvad-export" "$OUT/best.pt" -o "$OUT/model_fp16.onnx" --fp16 2>&1 | tail -n 2

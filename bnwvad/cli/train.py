@@ -8,8 +8,14 @@
 Defaults per dataset, relative to --root: lists `list/<UCF|XD|SH>_Train.list` and
 `list/<UCF|XD|SH>_Test.list`, annotations `<UCF|XD|SH>_Annotation.txt` (or under `list/`).
 Every recipe value and the paper's ablation switches are options. Writes `run.json`,
-`metrics.jsonl`, `last.pt` and `best.pt` to --out. Bad input ends with a one-line error and a
-non-zero exit status; Ctrl-C saves last.pt and exits with status 130.
+`metrics.jsonl`, `last.pt` and `best.pt` to the run folder (--out/-o) and nothing outside it;
+`--resume --out DIR` continues the run in DIR from any working directory, also after DIR was
+moved (a copy of a run folder continues as a run of its own). Every file of the lists is
+checked (headers only) before step 0.
+
+Exit status: 0 done; 1 the run stopped (a NaN/inf loss, an error after step 0: last.pt holds the
+last good state); 2 nothing ran (bad options, no run to resume, bad data files, all named; a
+missing extra); 130 interrupted (Ctrl-C: last.pt saved).
 """
 from __future__ import annotations
 
@@ -27,6 +33,14 @@ TRAIN_LISTS = {"ucf": "list/UCF_Train.list", "xd": "list/XD_Train.list",
 # What may be given together with --resume (the rest comes from the run's run.json).
 RESUME_OPTIONS = {"resume", "out", "iterations", "eval_every", "device", "workers", "prefetch",
                   "cache_gb", "progress", "log_every"}
+
+
+class _Failed(click.ClickException):
+    """One-line error with the exit status of DESIGN.md: 2 nothing ran, 1 the run stopped."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -57,7 +71,7 @@ def _build(o: dict[str, Any]):
     notes: list[str] = []
     audio = bool(o["audio_root"] or o["audio_list"])
     if dataset == "demo":
-        from ..demo import DEFAULT_ROOT, DEMO_MODEL, DEMO_TRAIN, existing_demo, generate_demo
+        from ..demo import DEFAULT_ROOT, DEMO_MODEL, DEMO_TRAIN, demo_preset, existing_demo, generate_demo
 
         if audio:
             raise click.UsageError("the demo set has no audio features; drop --audio-root/--audio-list")
@@ -73,7 +87,9 @@ def _build(o: dict[str, Any]):
                      f"{spec.test_abnormal}+{spec.test_normal} test videos, D = {spec.feature_dim})")
         model_kw: dict[str, Any] = dict(feature_dim=spec.feature_dim, **DEMO_MODEL)
         train_kw: dict[str, Any] = dict(DEMO_TRAIN)
-        preset_name = None
+        # The `demo` preset (5 crops, D = 128) when the set is the standard one; checkpoints
+        # record it and their crop count, so exports of them know what videos look like.
+        preset_name = demo_preset(spec)
     else:
         preset = get_preset(dataset)
         root = Path(o["root"]) if o["root"] else None
@@ -126,15 +142,15 @@ def _build(o: dict[str, Any]):
 
 
 def _from_run_dir(o: dict[str, Any], given: set[str]):
-    """--resume: the settings of the run in --out, with the few allowed changes."""
-    import json
-
-    from ..config import ModelConfig, TrainConfig
+    """--resume: the settings of the run in --out (read relative to that folder, wherever it
+    is now and whatever the working directory), with the few allowed changes."""
     from ..data import LoaderConfig
-    from ..train import DataSpec, RunConfig
+    from ..train import read_run
 
     if not o["out"]:
         raise click.UsageError("--resume needs --out DIR, the folder of the run to continue")
+    # First whether there is a run at all: options are only wrong for a run that exists.
+    saved = read_run(o["out"])              # RunFolderError: "DIR holds no bnwvad-train run ..."
     not_allowed = sorted(given - RESUME_OPTIONS)
     if not_allowed:
         raise click.UsageError(
@@ -142,21 +158,7 @@ def _from_run_dir(o: dict[str, Any], given: set[str]):
             f"{', '.join('--' + n.replace('_', '-') for n in not_allowed)} cannot be changed "
             f"(allowed: --iterations, --eval-every, --device, --workers, --prefetch, --cache-gb, "
             f"--log-every, --progress/--no-progress)")
-    path = Path(o["out"]) / "run.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        model_cfg = ModelConfig.from_dict(saved["model"])
-        tk = dict(saved["train"])
-        tk["betas"] = tuple(tk["betas"])
-        train_cfg = TrainConfig(**tk)
-        data = DataSpec.from_dict(saved["data"])
-        rk = dict(saved["run"])
-        loader = LoaderConfig(**rk.pop("loader"))
-        run = RunConfig(**{**rk, "loader": loader})
-    except FileNotFoundError:
-        raise click.ClickException(f"{path}: no such file; is {o['out']} the folder of a bnwvad-train run?")
-    except (ValueError, KeyError, TypeError) as e:
-        raise click.ClickException(f"{path}: not a readable bnwvad-train run.json ({type(e).__name__}: {e})")
+    model_cfg, train_cfg, data, run = saved.model, saved.train, saved.data, saved.run
     for name in ("iterations", "eval_every"):
         if name in given:
             setattr(train_cfg, name, o[name])
@@ -170,7 +172,7 @@ def _from_run_dir(o: dict[str, Any], given: set[str]):
     if given & {"workers", "prefetch", "cache_gb"}:
         run.loader = LoaderConfig(workers=o["workers"], prefetch=o["prefetch"],
                                   cache_bytes=int(o["cache_gb"] * 2 ** 30))
-    return model_cfg, train_cfg, data, run, [f"resuming {run.out_dir}"]
+    return model_cfg, train_cfg, data, run, []
 
 
 def _pct(v) -> str:
@@ -180,19 +182,19 @@ def _pct(v) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--dataset", type=click.Choice(DATASETS), default="demo", show_default=True,
               help="Dataset preset: selection ratios, crops, feature size, default file names.")
-@click.option("--root", type=click.Path(file_okay=False), help="Dataset root; list paths resolve against it "
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Dataset root; list paths resolve against it "
               "(demo: where the demo set is generated, default ./demo_data).")
-@click.option("--train-list", type=click.Path(dir_okay=False), help="Training list [ROOT/list/*_Train.list].")
-@click.option("--test-list", type=click.Path(dir_okay=False), help="Test list [ROOT/list/*_Test.list].")
-@click.option("--annotations", type=click.Path(dir_okay=False),
+@click.option("--train-list", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Training list [ROOT/list/*_Train.list].")
+@click.option("--test-list", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE", help="Test list [ROOT/list/*_Test.list].")
+@click.option("--annotations", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Test annotations [ROOT/*_Annotation.txt or ROOT/list/...].")
-@click.option("--snippets", type=click.Path(dir_okay=False),
+@click.option("--snippets", type=click.Path(dir_okay=False, path_type=Path), metavar="CSV",
               help="Optional test_snippets.csv to check test feature lengths against.")
 @click.option("--no-eval", is_flag=True, help="Train without a test set (no periodic evaluation, no best.pt).")
-@click.option("--audio-root", type=click.Path(file_okay=False),
+@click.option("--audio-root", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="XD-Violence VGGish features (128-d, one <video>__vggish.npy per video), appended "
                    "to the visual ones: D = 1152.")
-@click.option("--audio-list", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--audio-list", multiple=True, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Audio list file(s) naming <video>__vggish.npy paths (relative to --audio-root); repeatable.")
 # The recipe (DESIGN.md "Training, exactly"); unset = the dataset's default.
 @click.option("--batch-size", type=click.IntRange(1), help="B normal + B abnormal per step [64; demo 32].")
@@ -207,23 +209,26 @@ def _pct(v) -> str:
 @click.option("--bn-momentum", type=click.FloatRange(0, 1), help="BatchNorm momentum [0.1].")
 @click.option("--margin", type=float, help="MPP margin m [1.0].")
 @click.option("--w-normal", type=float, help="Weight of the normal loss [1.0].")
-@click.option("--w-mpp", help="MPP weights per hidden layer, comma-separated [5,20].")
+@click.option("--w-mpp", metavar="W1,W2", help="MPP weights per hidden layer, comma-separated [5,20].")
 @click.option("--embed-dim", type=click.IntRange(1), help="Enhancer width [512; demo 64] (= heads x head-dim).")
 @click.option("--heads", type=click.IntRange(1), help="Attention heads [4; demo 2].")
 @click.option("--head-dim", type=click.IntRange(1), help="Per-head width [128; demo 32].")
 @click.option("--mlp-dim", type=click.IntRange(1), help="Feed-forward width [512; demo 64].")
 @click.option("--depth", type=click.IntRange(1), help="Enhancer blocks [2].")
-@click.option("--hidden-dims", help="Normal-head BN layer widths, comma-separated [32,16].")
+@click.option("--hidden-dims", metavar="N1,N2", help="Normal-head BN layer widths, comma-separated [32,16].")
 # The paper's ablations.
 @click.option("--selection", type=click.Choice(("sbs", "sls", "bls")), help="Snippet selection [sbs].")
 @click.option("--distance", type=click.Choice(("mahalanobis", "euclidean", "cosine")), help="DFM distance [mahalanobis].")
 @click.option("--score", type=click.Choice(("product", "classifier", "dfm")),
               help="Anomaly score: classifier x DFM (product), or either alone.")
 # The run.
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:N.")
+@click.option("--device", default="auto", show_default=True, metavar="DEVICE", help="auto (CUDA when present), cpu, cuda, cuda:N.")
 @click.option("--seed", type=int, help="Seed of the initial weights and the batch order [0].")
-@click.option("--out", type=click.Path(file_okay=False), help="Run folder [runs/<dataset>-<time>].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Output FOLDER of the run, created (run.json, metrics.jsonl, last.pt, best.pt; "
+                   "nothing is written outside it) [runs/<dataset>-<time>].")
+@click.option("--resume", is_flag=True, help="Continue the run in the folder --out DIR from its last.pt "
+              "(settings from its run.json; from any working directory, also after the folder moved).")
 @click.option("--select-metric", type=click.Choice(("ap", "auc", "average_precision", "auc_sub", "ap_sub")),
               help="Test metric that picks best.pt [ap for xd/demo, auc for ucf/shanghaitech].")
 @click.option("--log-every", type=click.IntRange(1), default=10, show_default=True,
@@ -242,27 +247,40 @@ def main(ctx: click.Context, **o: Any) -> None:
     """Train BN-WVAD. With no arguments: the built-in demo, start to finish in a few minutes."""
     given = {n for n in o if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE,
                                                               ParameterSource.ENVIRONMENT)}
-    try:
-        from ..train import NonFiniteLossError, TrainingInterrupted, train
+    # The training stack needs torch (the `train` extra): imported first and outside the
+    # error handling below, so that a missing package is reported as one (the console
+    # script names the extra to install) and never hides behind another error.
+    from ..train import NonFiniteLossError, TrainingInterrupted, prepare
 
+    # Everything before the first step: an error here means nothing ran (exit status 2), and
+    # nothing was written (the run folder is created by run() below, and only then named).
+    try:
         if o["resume"]:
             model_cfg, train_cfg, data, run, notes = _from_run_dir(o, given)
         else:
             model_cfg, train_cfg, data, run, notes = _build({**o, "_given": given})
         for line in notes:
             click.echo(line)
-        click.echo(f"run folder: {run.out_dir}  (metrics log {run.out_dir / 'metrics.jsonl'})")
-        result = train(model_cfg, train_cfg, data, run)
+        prepared = prepare(model_cfg, train_cfg, data, run)
+    except click.ClickException:
+        raise
+    except (ValueError, OSError, RuntimeError) as e:      # bnwvad's errors derive from these
+        raise _Failed(str(e), 2) from None
+
+    try:
+        result = prepared.run(log=click.echo)
     except TrainingInterrupted as e:
         click.echo(str(e), err=True)
         sys.exit(130)
-    except click.ClickException:
-        raise
     except NonFiniteLossError as e:
-        raise click.ClickException(str(e)) from None
-    except (ValueError, OSError, RuntimeError) as e:      # bnwvad's errors derive from these
-        raise click.ClickException(str(e)) from None
+        raise _Failed(str(e), 1) from None
+    except (ValueError, OSError, RuntimeError) as e:
+        raise _Failed(str(e), 1) from None
 
+    if result.steps_run == 0:
+        click.echo(f"the run was already complete at step {result.step}: nothing to train (raise "
+                   f"--iterations to continue it); weights in {result.last_checkpoint}")
+        return
     resumed = f" (resumed: {result.steps_run} this run)" if result.steps_run != result.step else ""
     click.echo(f"trained {result.step} iterations{resumed} in {result.seconds:.0f} s on {result.device} "
                f"({result.compute_s:.3f} s/it compute, {result.data_wait_s:.3f} s/it waiting for data)")

@@ -107,3 +107,24 @@ def test_audio_features_are_read_off_the_weights(tmp_path):
     path = tmp_path / "xd_audio.pt"
     torch.save(build_model(cfg).state_dict(), path)
     assert load_model(path, preset="xd").config.feature_dim == 1152
+
+
+def test_checkpoints_carry_their_crop_count(tmp_path):
+    """Exports record the crops a video must have: a checkpoint says it (issue #10), else its
+    preset does; a checkpoint of neither leaves it unknown."""
+    from bnwvad.checkpoint import checkpoint_info, read_checkpoint
+
+    model = build_model(TINY)
+    save_checkpoint(tmp_path / "own.pt", model, preset="demo", crops=3)
+    save_checkpoint(tmp_path / "demo.pt", model, preset="demo")
+    save_checkpoint(tmp_path / "none.pt", model)
+    assert read_checkpoint(tmp_path / "own.pt")["crops"] == 3
+    assert [checkpoint_info(tmp_path / f"{n}.pt")["crops"] for n in ("own", "demo", "none")] == [3, 5, None]
+    assert checkpoint_info(tmp_path / "demo.pt")["preset"] == "demo"
+    old = read_checkpoint(tmp_path / "demo.pt")
+    del old["crops"]                                     # a checkpoint written before crops existed
+    old["preset"] = "ucf"
+    torch.save(old, tmp_path / "old.pt")
+    assert checkpoint_info(tmp_path / "old.pt")["crops"] == 10
+    with pytest.raises(ValueError, match="crops=0"):
+        save_checkpoint(tmp_path / "bad.pt", model, crops=0)

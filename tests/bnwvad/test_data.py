@@ -1,5 +1,7 @@
 """Training/test data in the real layouts: resampling, labels, crops, stacked files, audio,
 sampling and prefetching."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -327,3 +329,73 @@ def test_the_reader_reads_headers_without_data_and_values_on_load(tmp_path):
     assert read_npy_header(tmp_path / "nan.npy") == ((4, 8), np.dtype(np.float32))
     with pytest.raises(FeatureFileError, match=r"nan\.npy: contains NaN or inf \(first at index \(2, 5\)\)"):
         load_features(tmp_path / "nan.npy")
+
+
+# -- checking every file before training (issue #10) ------------------------------------------
+def test_check_files_reports_every_bad_file_from_headers(tmp_path, monkeypatch):
+    import bnwvad.data as data_mod
+    from bnwvad.data import check_files
+
+    lf, names = xd_tree(tmp_path, dim=8, crops=2, audio=True)
+    audio = AudioSource(tmp_path / "audio")
+    normal, abnormal = load_train_samples(lf, tmp_path, audio=audio)
+    (tmp_path / "train" / f"{names[0]}__1.npy").unlink()                     # missing
+    write(tmp_path / "train" / f"{names[1]}__0.npy", np.ones((9, 5)))           # D = 5, not 8
+    write(tmp_path / "audio" / "train" / f"{names[2]}__vggish.npy", np.ones((30, 4)))   # 30 vs 5 snippets
+    np.save(tmp_path / "train" / f"{names[3]}__1.npy", np.ones((3, 8), np.int64))   # not float
+    write(tmp_path / "train" / f"{names[4]}__0.npy", np.ones((0, 8)))           # T = 0
+    # Headers only: no feature data is read.
+    monkeypatch.setattr(data_mod, "load_features", lambda *a, **k: pytest.fail("data was read"))
+    check = check_files(normal, abnormal, feature_dim=8 + 4, audio=AudioSource(tmp_path / "audio", dim=4))
+    text = "\n".join(check.problems)
+    assert len(check.problems) == 5, text
+    assert f"{names[0]}__1.npy: no such feature file" in text
+    assert f"{names[1]}__0.npy: feature dimension D = 5" in text and "expected D = 8" in text
+    assert f"{names[2]}__vggish.npy: 30 audio snippets" in text
+    assert f"{names[3]}__1.npy: dtype int64" in text
+    assert f"{names[4]}__0.npy: shape (0, 8) has T = 0" in text
+    assert check.checked == 6 * 2 + 6 and check.train_crops == 2
+
+
+def test_check_files_counts_crops_and_checks_test_videos(tmp_path):
+    from bnwvad.data import check_files
+
+    lf, names = xd_tree(tmp_path, dim=8, crops=3)
+    normal, abnormal = load_train_samples(lf, tmp_path)
+    test = load_test_videos(lf, tmp_path)
+    check = check_files(normal, abnormal, test, feature_dim=8)
+    assert check.problems == [] and (check.train_crops, check.test_crops, check.crops) == (3, 3, 3)
+    write(tmp_path / "train" / f"{names[0]}__2.npy", np.ones((99, 8)))      # crops of a test video disagree
+    check = check_files(normal, abnormal, load_test_videos(lf, tmp_path), feature_dim=8)
+    assert any(f"{names[0]}__2.npy: shape (99, 8), but" in p for p in check.problems)
+
+
+def test_loading_collects_problems_instead_of_stopping_at_the_first(tmp_path):
+    from bnwvad.data import DataCheckError, MAX_NAMED
+
+    lf, names = xd_tree(tmp_path, dim=8, crops=2, audio=True)
+    for n in names[:2]:
+        (tmp_path / "audio" / "train" / f"{n}__vggish.npy").unlink()
+    problems: list[str] = []
+    normal, abnormal = load_train_samples(lf, tmp_path, audio=AudioSource(tmp_path / "audio"), problems=problems)
+    assert len(problems) == 2 and all("no audio features found" in p for p in problems)
+    assert {s.video for s in normal + abnormal} == set(names[2:])
+    err = DataCheckError([f"f{i}: bad" for i in range(MAX_NAMED + 3)], checked=40)
+    assert f"{MAX_NAMED + 3} of the 40 feature files" in str(err) and "... and 3 more" in str(err)
+    assert "f0: bad" in str(err) and f"f{MAX_NAMED}: bad" not in str(err)
+
+
+def test_the_fingerprint_does_not_depend_on_where_the_data_is(tmp_path, monkeypatch):
+    import shutil
+
+    from bnwvad.data import fingerprint, legacy_fingerprint
+
+    lf, _ = xd_tree(tmp_path / "a", dim=8)
+    here = fingerprint(load_train_samples(lf, tmp_path / "a")[0])
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = load_train_samples(tmp_path / "b" / "list" / "XD_Train.list", tmp_path / "b")[0]
+    assert fingerprint(moved) == here
+    monkeypatch.chdir(tmp_path)
+    relative = load_train_samples(Path("a/list/XD_Train.list"), Path("a"))[0]
+    assert fingerprint(relative) == here and legacy_fingerprint(relative) != legacy_fingerprint(moved)
+    assert fingerprint(relative[::-1]) != here                # order and content still count

@@ -90,3 +90,14 @@ def test_manifest_records_version_and_parameters(demo_root):
     m = json.loads((demo_root / "demo_manifest.json").read_text())
     assert m["generator"] == "bnwvad.demo" and m["version"] >= 1
     assert m["spec"]["feature_dim"] == 48 and m["files"] == (8 + 12 + 4 + 12) * 3
+
+
+def test_the_standard_demo_set_is_the_demo_preset():
+    """Checkpoints trained on the demo set name the `demo` preset (5 crops, D = 128) only when
+    the set has the preset's crops and D; a set generated with other sizes is not the preset's."""
+    from bnwvad import PRESETS
+    from bnwvad.demo import DEMO_CROPS, demo_preset
+
+    assert demo_preset(DemoSpec()) == "demo" and DEMO_CROPS == PRESETS["demo"].crops == DemoSpec().crops
+    assert DemoSpec().feature_dim == PRESETS["demo"].feature_dim
+    assert demo_preset(SMALL) is None

@@ -70,7 +70,7 @@ def load_source(source, preset: str | None = None, device: str | torch.device = 
     if isinstance(source, BNWVAD):
         if preset is not None:
             get_preset(preset)
-        return source, {"source": None, "source_digest": None, "preset": preset}
+        return source, {"source": None, "source_digest": None, "preset": preset, "crops": None}
     if not isinstance(source, (str, os.PathLike)):
         raise ExportError(f"source must be a checkpoint path or a bnwvad.model.BNWVAD, got {type(source).__name__}")
     path = Path(source)
@@ -82,7 +82,8 @@ def load_source(source, preset: str | None = None, device: str | torch.device = 
     if own is not None and preset is not None and own != preset:
         raise ExportError(f"{path}: the checkpoint was trained with preset {own!r}, but preset {preset!r} "
                           f"was given; drop --preset or pass --preset {own}")
-    return model, {"source": path.name, "source_digest": info["digest"], "preset": preset or own}
+    return model, {"source": path.name, "source_digest": info["digest"], "preset": preset or own,
+                   "crops": info.get("crops")}
 
 
 def _dry_run(model: BNWVAD, deploy, device) -> float:
@@ -135,7 +136,8 @@ def export_onnx(source, out_path, *, preset: str | None = None, precision: str =
     model, info = load_source(source, preset, device)
     model = model.eval()
     cfg = model.config
-    crops = get_preset(info["preset"]).crops if info["preset"] else None
+    # The checkpoint's own crop count (what its data had) wins over its preset's.
+    crops = info.get("crops") or (get_preset(info["preset"]).crops if info["preset"] else None)
     fps = get_preset(info["preset"]).frames_per_snippet if info["preset"] else FRAMES_PER_SNIPPET
 
     say("folding BatchNorm statistics into the head (on a copy)")

@@ -18,7 +18,9 @@ Labels come from file names, never from positions in a list:
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,6 +30,7 @@ import numpy as np
 XD_CLASSES = {"A": "Normal", "B1": "Fighting", "B2": "Shooting", "B4": "Riot", "B5": "Abuse",
               "B6": "Car accident", "G": "Explosion"}
 _CROP = re.compile(r"^(?P<video>.+)__(?P<crop>\d+)$")
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class FeatureFileError(ValueError):
@@ -72,6 +75,18 @@ _SHAPES = {1: "(T,)", 2: "(T, D)", 3: "(T, C, D)"}
 
 def _shapes(ndim: Sequence[int]) -> str:
     return " or ".join(_SHAPES[n] for n in ndim)
+
+
+def binary_reason(head: bytes) -> str | None:
+    """What the first bytes of a file that should be text show it is, or None if they look like
+    text: a zip (.npz), a pickle, or other binary data."""
+    if head[:2] == b"PK":
+        return "it is a zip archive (an .npz?); give one .npy array per crop or video"
+    if head[:1] == b"\x80":
+        return "it is a Python pickle (never loaded)"
+    if b"\x00" in head:
+        return f"binary data (starts with {head[:12]!r})"
+    return None
 
 
 def _not_npy_reason(head: bytes) -> str:
@@ -124,10 +139,31 @@ def _read_header(f, p: Path, size: int, ndim: Sequence[int], feature_dim: int | 
     return tuple(int(s) for s in shape), bool(fortran), dtype
 
 
+def not_a_regular_file(path: str | Path, kind: str = "feature") -> str | None:
+    """Why `path` cannot be read as a file, or None for a regular file (symbolic links
+    followed). Only stat()s: a FIFO is never opened (a read would block), nor a socket or device."""
+    p = Path(path)
+    try:
+        mode = os.stat(p).st_mode
+    except FileNotFoundError:
+        if os.path.islink(p):
+            return f"{p}: dangling symbolic link (to {os.readlink(p)!r}, which does not exist)"
+        return f"{p}: no such {kind} file"
+    except OSError as e:                      # a link loop (ELOOP), a path through a file, ...
+        return f"{p}: cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    what = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe), never opened: reading it "
+            "would block" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"{p}: is {what}; expected a regular {kind} file"
+
+
 def _open(path: str | Path, ndim: Sequence[int], kind: str) -> tuple[Path, int]:
     p = Path(path)
-    if not p.is_file():
-        raise FeatureFileError(f"{p}: no such {kind} file")
+    why = not_a_regular_file(p, kind)
+    if why is not None:
+        raise FeatureFileError(why)
     size = p.stat().st_size
     if size == 0:
         raise FeatureFileError(f"{p}: the file is empty (0 bytes); expected a .npy array of "
@@ -184,12 +220,20 @@ def load_features(path: str | Path, *, feature_dim: int | None = None,
     a pickled object array (never loaded), a wrong number of dimensions, a non-float dtype,
     T = 0, a wrong D); the values here: NaN or inf.
     """
-    arr = np.ascontiguousarray(read_npy(path, feature_dim=feature_dim, ndim=ndim), dtype=np.float32)
-    if not np.isfinite(arr).all():
-        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+    raw = read_npy(path, feature_dim=feature_dim, ndim=ndim)
+    if not np.isfinite(raw).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(raw))[0])
         raise FeatureFileError(f"{Path(path)}: contains NaN or inf (first at index {bad}); "
                                f"expected finite features")
-    return arr
+    if np.finfo(raw.dtype).max > _F32_MAX:           # float64, longdouble: may not fit float32
+        big = np.abs(raw) > _F32_MAX
+        if big.any():
+            at = tuple(int(i) for i in np.argwhere(big)[0])
+            raise FeatureFileError(
+                f"{Path(path)}: value {float(raw[at]):g} at index {at} is outside float32's range "
+                f"(±{_F32_MAX:.1e}), {int(big.sum())} such value(s); expected features that fit "
+                f"float32 (the model computes in float32)")
+    return np.ascontiguousarray(raw, dtype=np.float32)
 
 
 @dataclass
@@ -220,11 +264,33 @@ class Video:
 def read_list(list_file: str | Path, root: str | Path | None = None) -> list[ListEntry]:
     """Parse a list file; paths are resolved against `root` (default: the list's folder)."""
     lf = Path(list_file)
-    if not lf.is_file():
-        raise FeatureFileError(f"{lf}: no such list file")
+    why = not_a_regular_file(lf, "list")
+    if why is not None:
+        raise FeatureFileError(why)
     base = Path(root) if root is not None else lf.parent
+    try:
+        with open(lf, "rb") as f:
+            data = f.read(4096)
+            binary = binary_reason(data)
+            if binary is None:                     # a binary file is never read whole
+                data += f.read()
+    except OSError as e:
+        raise FeatureFileError(f"{lf}: cannot be read ({e.strerror or e}); expected a list file") from None
+    if binary is None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            binary = f"not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset {e.start})"
+    if data.startswith(_NPY_MAGIC):
+        raise FeatureFileError(f"{lf}: a .npy array whose name does not end in .npy, so it is not read "
+                               f"as features; expected <video>.npy or <video>__<k>.npy (the name gives "
+                               f"the video and crop): rename it")
+    if binary is not None:
+        raise FeatureFileError(f"{lf}: neither a .npy feature file nor a text list file: {binary}; "
+                               f"expected .npy features (<video>.npy, <video>__<k>.npy), a directory "
+                               f"of them, or a list file with one feature path per line")
     entries = []
-    for lineno, line in enumerate(lf.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts or parts[0].startswith("#"):
             continue

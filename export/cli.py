@@ -5,11 +5,16 @@
     bnwvad-export engine model.onnx -o model.engine [--min-shape 1,1,1] [--opt-shape 1,10,200]
                   [--max-shape 4,10,2048] [--timing-cache FILE] [--checkpoint CKPT --preset P]
 
-Errors print one line on stderr and exit 1 (2 for usage errors); nothing partial is left.
+Errors print one line on stderr; nothing partial is left. Exit status: 0 written (and
+verified); 1 the checkpoint or graph failed (cannot be read, verification failed, TensorRT
+build failed); 2 nothing could run (usage, an output folder that cannot be created or
+written, found before any work; a missing extra); 130 interrupted (Ctrl-C, SIGTERM).
 """
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
@@ -30,10 +35,51 @@ def _echo(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception | str, code: int = 1) -> None:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     click.echo(f"bnwvad-export: error: {first}", err=True)
-    sys.exit(1)
+    sys.exit(code)
+
+
+@contextmanager
+def _outputs(*files: tuple[str, Path | None]):
+    """Check, before any work, that each output FILE's folder can be created and written (exit
+    2 naming it otherwise); on failure or Ctrl-C / SIGTERM (exit 130) take back the folders
+    made for them. Errors of the export itself exit 1."""
+    from bnwvad.runtime.io import InterruptSignals, RunFolderError, prepare_output_dir, remove_created
+
+    created: list[Path] = []
+    done = False
+    try:
+        with InterruptSignals():
+            for flag, path in files:
+                if path is None:
+                    continue
+                if path.is_dir():
+                    _fail(f"{flag} {path}: is a folder; expected a file name", 2)
+                created += prepare_output_dir(path.parent, f"{flag} {path}: its folder")
+            yield
+            done = True
+    except RunFolderError as e:
+        _fail(e, 2)
+    except KeyboardInterrupt as e:
+        click.echo(f"bnwvad-export: interrupted ({getattr(e, 'signal', 'SIGINT')}); nothing was written",
+                   err=True)
+        sys.exit(130)
+    except ModuleNotFoundError as e:
+        _fail(f"needs {e.name}, which is not installed here: pip install \"bnwvad[export]\" "
+              f"(torch and onnx)", 2)
+    finally:
+        if not done:
+            remove_created(created)
+
+
+_EPILOG = """\b
+Exit status:
+  0    written (and verified against the reference unless --no-verify)
+  1    the checkpoint or graph failed: unreadable, verification failed, build failed (nothing written)
+  2    nothing could run: usage, an output folder that cannot be created or written, a missing extra
+  130  interrupted (Ctrl-C, SIGTERM); nothing written"""
 
 
 def _shape(value: str | None, name: str):
@@ -80,8 +126,8 @@ _profile_options = [
     click.option("--min-shape", metavar="N,C,T", help="Smallest input the engine accepts (default 1,1,1)."),
     click.option("--opt-shape", metavar="N,C,T", help="Shape TensorRT tunes for (default 1,CROPS,200)."),
     click.option("--max-shape", metavar="N,C,T", help="Largest input the engine accepts (default 4,CROPS,2048)."),
-    click.option("--timing-cache", type=click.Path(dir_okay=False),
-                 help="Timing cache read and updated (default ENGINE.timing.cache)."),
+    click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+                 help="Timing cache FILE read and updated (default ENGINE.timing.cache)."),
     click.option("--workspace", type=float, metavar="GIB", help="TensorRT workspace limit in GiB."),
 ]
 
@@ -94,7 +140,7 @@ def _with(options):
     return deco
 
 
-@click.group(cls=_DefaultToOnnx, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_DefaultToOnnx, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
 def main():
     """Export BN-WVAD checkpoints to ONNX (BatchNorm folded) and build TensorRT engines.
 
@@ -102,9 +148,10 @@ def main():
     """
 
 
-@main.command("onnx")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@main.command("onnx", epilog=_EPILOG)
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              metavar="FILE", help="Output .onnx FILE to write (its folder is created).")
 @click.option("--preset", type=click.Choice(["ucf", "xd", "shanghaitech"]),
               help="Dataset preset; needed for published state_dicts (they carry no config).")
 @click.option("--fp16", "fp16", is_flag=True, help="Mixed-precision graph: fp16 matmuls, fp32 where fp16 overflows.")
@@ -112,8 +159,10 @@ def main():
 @click.option("--opset", type=int, default=None, help="ONNX opset (17..21, default 17).")
 @click.option("--no-verify", is_flag=True, help="Skip running the graph against PyTorch (not recommended).")
 @click.option("--external-data", is_flag=True, help="Store the weights in OUTPUT.data beside the graph.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device for folding and the reference.")
-@click.option("--trt", "trt_path", type=click.Path(dir_okay=False), help="Also build a TensorRT engine here.")
+@click.option("--device", default="cpu", show_default=True, metavar="DEVICE",
+              help="Torch device for folding and the reference.")
+@click.option("--trt", "trt_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also build a TensorRT engine FILE.")
 @_with(_profile_options)
 def onnx_cmd(checkpoint, output, preset, fp16, int8, opset, no_verify, external_data, device, trt_path,
              min_shape, opt_shape, max_shape, timing_cache, workspace):
@@ -123,6 +172,13 @@ def onnx_cmd(checkpoint, output, preset, fp16, int8, opset, no_verify, external_
     if trt_path and int8:
         raise click.UsageError("--trt needs an fp32 or --fp16 graph: TensorRT cannot run dynamic int8 ops")
     shapes = _shapes(min_shape, opt_shape, max_shape)
+    with _outputs(("-o/--output", output), ("--trt", trt_path), ("--timing-cache", timing_cache)):
+        _export(checkpoint, output, preset, fp16, int8, opset, no_verify, external_data, device, trt_path,
+                shapes, timing_cache, workspace)
+
+
+def _export(checkpoint, output, preset, fp16, int8, opset, no_verify, external_data, device, trt_path,
+            shapes, timing_cache, workspace):
     try:
         from .exporter import DEFAULT_OPSET, export_onnx
 
@@ -142,19 +198,27 @@ def onnx_cmd(checkpoint, output, preset, fp16, int8, opset, no_verify, external_
         _fail(e)
 
 
-@main.command("engine")
-@click.argument("onnx_file", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Engine file to write.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False),
+@main.command("engine", epilog=_EPILOG)
+@click.argument("onnx_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              metavar="FILE", help="Output TensorRT engine FILE to write (its folder is created; "
+                                   "<FILE>.json beside it).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Verify against this PyTorch checkpoint (default: against the ONNX graph in ONNX Runtime).")
 @click.option("--preset", type=click.Choice(["ucf", "xd", "shanghaitech"]), help="Preset of --checkpoint.")
 @click.option("--no-verify", is_flag=True, help="Skip running the engine against the reference.")
-@click.option("--device", default="cuda", show_default=True, help="CUDA device to build and verify on.")
+@click.option("--device", default="cuda", show_default=True, metavar="DEVICE",
+              help="CUDA device to build and verify on.")
 @_with(_profile_options)
 def engine_cmd(onnx_file, output, checkpoint, preset, no_verify, device, min_shape, opt_shape, max_shape,
                timing_cache, workspace):
     """Build a TensorRT engine (strongly typed; fp16 from an --fp16 export) from ONNX_FILE."""
     shapes = _shapes(min_shape, opt_shape, max_shape)
+    with _outputs(("-o/--output", output), ("--timing-cache", timing_cache)):
+        _engine(onnx_file, output, checkpoint, preset, no_verify, device, shapes, timing_cache, workspace)
+
+
+def _engine(onnx_file, output, checkpoint, preset, no_verify, device, shapes, timing_cache, workspace):
     try:
         from .metadata import read_metadata
         from .trt_engine import build_engine

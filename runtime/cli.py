@@ -5,15 +5,25 @@
 Outputs in DIR (each written atomically: temp file, then rename):
   <video>.npy    snippet anomaly scores (T,) float32, the format `bnwvad-eval --scores DIR` reads
   results.npz    score, dfm and anomaly of every video (layout: bnwvad.runtime.io)
-  summary.json   model, backend, per-video summary, failures
+  summary.json   the run's record: which model wrote DIR (weights digest, precision), every
+                 file the run wrote (relative paths), per-video summary, failures, status
   events.json    with --threshold / --calibrate: events per video, threshold, calibration
   plots/<video>.png  with --plot
 
+DIR holds one run. Checked before any scoring: DIR can be created and written; if it is not
+empty, it was written by this same model (whose earlier outputs this run then replaces, every
+file its summary.json lists, so a video that fails now keeps no stale score). Another model's
+folder, or a non-empty folder with no summary.json, is refused unless --overwrite, which removes
+exactly the files the earlier run listed and nothing else.
+
 Exit status: 0 all scored; 1 some inputs failed (each reported by name, the rest written);
-2 nothing could run (bad options, model or backend errors, failed calibration).
+2 nothing could run (bad options, model or backend errors, output folder, failed calibration,
+a missing extra); 130 interrupted (SIGINT / SIGTERM): the videos finished are written and
+summary.json says "interrupted": true.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 import warnings
@@ -23,8 +33,17 @@ import click
 
 from .errors import RuntimeFailure, parse_bytes, human_bytes
 
-_HELP_FEATURES = """FEATURES: .npy files ((T, D) one crop; (T, C, D) stacked crops), per-crop sets
-<video>__<k>.npy (grouped by name), directories of them, or list files (datasets' format)."""
+EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_HELP_EPILOG = """FEATURES: .npy files ((T, D) one crop; (T, C, D) stacked crops), per-crop sets
+<video>__<k>.npy (grouped by name), directories of them, or list files (datasets' format).
+
+\b
+Exit status:
+  0    every input scored
+  1    some inputs failed (each named on stderr and in summary.json); the rest written
+  2    nothing could run: usage, model or backend, output folder, calibration, missing extra
+  130  interrupted (Ctrl-C, SIGTERM): finished videos written, summary.json "interrupted": true"""
 
 
 def _budget(ctx, param, value):
@@ -44,13 +63,72 @@ def _fail(msg: str) -> None:
     click.secho(f"FAILED {msg}", fg="red", err=True)
 
 
+def _error(msg: str) -> None:
+    click.secho(f"error: {msg}", fg="red", err=True)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _load_runner_once(model, backend, **kw):
+    """load_runner, with each of its warnings printed once: the runtime both warns and logs a
+    backend fallback, and ONNX Runtime's own 'Specified provider ...' says it again."""
+    from .runners import load_runner
+
+    logger = logging.getLogger("bnwvad.runtime")
+    records, propagate = _Records(), logger.propagate
+    logger.addHandler(records)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runner = load_runner(model, backend, **kw)
+    finally:
+        logger.removeHandler(records)
+        logger.propagate = propagate
+    messages = dict.fromkeys([str(w.message) for w in caught] + records.messages)
+    for msg in messages:
+        if runner.fallback and "not in available provider names" in msg:
+            continue          # ONNX Runtime's words for the fallback just reported, with its fix
+        _warn(msg)
+    return runner
+
+
+def open_model(model, backend, **kw):
+    """(runner, ModelIdentity) of an exported model, its load warnings printed once; None after
+    printing the one-line error when it cannot be loaded (the caller exits 2)."""
+    from .io import model_identity
+
+    try:
+        runner = _load_runner_once(model, backend, **kw)
+    except RuntimeFailure as e:
+        _error(str(e))
+        return None
+    return runner, model_identity(runner.meta, model)
+
+
+_PATH = dict(path_type=Path)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-               epilog=_HELP_FEATURES)
-@click.argument("features", nargs=-1, required=True)
-@click.option("--model", "-m", "model", required=True, type=click.Path(dir_okay=False, path_type=Path),
+               epilog=_HELP_EPILOG)
+@click.argument("features", nargs=-1, required=True, type=click.Path(**_PATH))
+@click.option("--model", "-m", "model", required=True, metavar="FILE",
+              type=click.Path(dir_okay=False, **_PATH),
               help="Exported model: .onnx, or a TensorRT engine (.engine/.plan) with its JSON sidecar.")
-@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output directory (created).")
+@click.option("--out", "-o", "out", required=True, metavar="DIR", type=click.Path(**_PATH),
+              help="Output FOLDER (created): <video>.npy, results.npz, summary.json, events.json, "
+                   "plots/. A non-empty one must hold an earlier run of this same model, whose outputs "
+                   "are replaced.")
+@click.option("--overwrite", is_flag=True,
+              help="Write into a non-empty --out that another model wrote (removing exactly the files "
+                   "its summary.json lists) or that holds no summary.json (removing nothing).")
 @click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]),
               default="auto", show_default=True,
               help="auto: tensorrt for engines; else ort-cuda where ONNX Runtime offers CUDA, else ort-cpu.")
@@ -61,10 +139,11 @@ def _fail(msg: str) -> None:
 @click.option("--arena/--no-arena", default=True, show_default=True,
               help="ONNX Runtime's CPU memory arena: keeps the largest call's buffers (measured: about "
                    "twice the working set of the longest video held to the end); off returns them.")
-@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--sidecar", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
+              help="CUDA device (GPU index) for the ort-cuda, ort-trt and tensorrt backends.")
+@click.option("--sidecar", type=click.Path(dir_okay=False, **_PATH), default=None, metavar="FILE",
               help="A TensorRT engine's metadata JSON, if not <engine>.json beside it.")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--root", type=click.Path(file_okay=False, **_PATH), default=None, metavar="DIR",
               help="Directory the paths of list files are relative to (default: the list's folder).")
 @click.option("--layout", type=click.Choice(["auto", "TD", "TCD", "CTD"]), default="auto",
               show_default=True,
@@ -80,11 +159,11 @@ def _fail(msg: str) -> None:
 @click.option("--max-rows", type=click.IntRange(min=1), default=None,
               help="Most N*C*T rows per call (default: 1024 on CPU, where larger calls stop paying; "
                    "unbounded on GPUs).")
-@click.option("--memory-budget", callback=_budget, default=None,
+@click.option("--memory-budget", callback=_budget, default=None, metavar="SIZE",
               help="Working memory per call, e.g. 2GiB (default: half of the available RAM, or of "
                    "free GPU memory on CUDA backends).")
 @click.option("--threshold", type=float, default=None, help="Report events above this anomaly score.")
-@click.option("--calibrate", "calibrate", multiple=True,
+@click.option("--calibrate", "calibrate", multiple=True, metavar="PATH", type=click.Path(**_PATH),
               help="Normal videos' features (same forms as FEATURES; repeat the option): the threshold "
                    "becomes the quantile giving --false-alarm-rate on them.")
 @click.option("--false-alarm-rate", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.01,
@@ -96,136 +175,265 @@ def _fail(msg: str) -> None:
 @click.option("--plot", is_flag=True, help="Write plots/<video>.png: score curve, threshold, events.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-video lines.")
 @click.pass_context
-def main(ctx, features, model, out, backend, strict, threads, arena, device_id, sidecar, root, layout,
-         crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget, threshold, calibrate,
-         false_alarm_rate, fps, min_event_snippets, plot, quiet):
+def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, device_id, sidecar, root,
+         layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget, threshold,
+         calibrate, false_alarm_rate, fps, min_event_snippets, plot, quiet):
     """Score video features with an exported BN-WVAD model (ONNX Runtime or TensorRT, no torch)."""
-    from .events import calibrate_threshold, find_events
-    from .inputs import collect_videos
-    from .io import RESULTS_FILE, save_json, save_npy, save_results
-    from .runners import load_runner
-    from .scoring import Scorer
+    from .io import InterruptSignals
 
     if threshold is not None and calibrate:
         raise click.UsageError("give --threshold or --calibrate, not both")
     if crops is not None and any_crops:
         raise click.UsageError("give --crops N or --any-crops, not both")
+    opts = dict(features=features, model=model, out=out, overwrite=overwrite, backend=backend,
+                strict=strict, threads=threads, arena=arena, device_id=device_id, sidecar=sidecar,
+                root=root, layout=layout, crops_from_names=crops_from_names, crops=crops,
+                any_crops=any_crops, batch_size=batch_size, max_rows=max_rows,
+                memory_budget=memory_budget, threshold=threshold, calibrate=calibrate,
+                false_alarm_rate=false_alarm_rate, fps=fps, min_event_snippets=min_event_snippets,
+                plot=plot, quiet=quiet)
+    with InterruptSignals() as signals:
+        ctx.exit(_run(signals, **opts))
+
+
+def _run(signals, *, features, model, out, overwrite, backend, strict, threads, arena, device_id,
+         sidecar, root, layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget,
+         threshold, calibrate, false_alarm_rate, fps, min_event_snippets, plot, quiet) -> int:
+    """The run; returns the exit status. Nothing in --out changes until every check passed and
+    the threshold is known ("commit"); from then on what is done is recorded, even when
+    interrupted."""
+    from .events import calibrate_threshold
+    from .inputs import collect_videos
+    from .io import RunFolderError, claim_output_dir, prepare_output_dir, remove_created, remove_listed
+    from .scoring import Scorer
+
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    try:
+        created = prepare_output_dir(out, "--out")
+    except RunFolderError as e:
+        _error(str(e))
+        return EXIT_NOTHING_RAN
+    committed = False
+    try:
+        opened = open_model(model, backend, strict=strict, threads=threads, arena=arena,
+                            device_id=device_id, sidecar=sidecar)
+        if opened is None:
+            return EXIT_NOTHING_RAN
+        runner, identity = opened
+        meta = runner.meta
         try:
-            runner = load_runner(model, backend, strict=strict, threads=threads, arena=arena,
-                                 device_id=device_id, sidecar=sidecar)
-        except RuntimeFailure as e:
-            click.secho(f"error: {e}", fg="red", err=True)
-            ctx.exit(2)
-    for w in caught:
-        _warn(str(w.message))
-    meta = runner.meta
-    want = None if any_crops else (crops or meta.crops)
-    scorer = Scorer(runner, memory_budget=memory_budget, max_batch=batch_size,
-                    max_rows=max_rows or "auto", crops=want)
-    if not quiet:
-        click.echo(f"model {model} ({meta.describe()}); backend {runner.describe()}; "
-                   f"memory budget {human_bytes(scorer.memory_budget)}", err=True)
-
-    def gather(args):
-        try:
-            return collect_videos(args, root=root, layout=layout, crops_from_names=crops_from_names,
-                                  feature_dim=meta.feature_dim, crops_hint=want or meta.crops)
-        except ValueError as e:
-            raise click.UsageError(str(e)) from None
-
-    failures: dict[str, str] = {}
-    # -- threshold from normal videos ---------------------------------------------
-    calibration = None
-    if calibrate:
-        cvideos, cfail = gather(calibrate)
-        for f in cfail:
-            _fail(f"(calibration) {f.message}")
-        cscores = []
-        for r in scorer.iter_results(cvideos):
-            if hasattr(r, "anomaly"):
-                cscores.append(r.anomaly)
-            else:
-                _fail(f"(calibration) {r.message}")
-        if not cscores:
-            click.secho("error: no calibration video could be scored; no threshold", fg="red", err=True)
-            ctx.exit(2)
-        calibration = calibrate_threshold(cscores, false_alarm_rate)
-        threshold = calibration.threshold
+            earlier = claim_output_dir(out, identity, overwrite=overwrite)
+        except RunFolderError as e:
+            _error(str(e))
+            return EXIT_NOTHING_RAN
+        want = None if any_crops else (crops or meta.crops)
+        scorer = Scorer(runner, memory_budget=memory_budget, max_batch=batch_size,
+                        max_rows=max_rows or "auto", crops=want)
+        budget = getattr(scorer, "budget", None)
+        budget_text = budget.describe() if budget is not None else human_bytes(scorer.memory_budget)
         if not quiet:
-            click.echo(f"calibrated threshold {threshold:.6g} on {calibration.videos} normal videos "
-                       f"({calibration.snippets} snippets, {100 * calibration.achieved_rate:.2f}% above)",
-                       err=True)
+            click.echo(f"model {model} ({meta.describe()}); backend {runner.describe()}; "
+                       f"memory budget {budget_text}", err=True)
 
-    # -- score -------------------------------------------------------------------------
-    videos, bad = gather(features)
-    for f in bad:
-        failures[f.name] = f.message
-        _fail(f.message)
-    out.mkdir(parents=True, exist_ok=True)
-    results = {}
-    events = {}
-    from tqdm import tqdm
+        def gather(args):
+            try:
+                return collect_videos(args, root=root, layout=layout, crops_from_names=crops_from_names,
+                                      feature_dim=meta.feature_dim, crops_hint=want or meta.crops)
+            except ValueError as e:
+                raise click.UsageError(str(e)) from None
 
-    bar = tqdm(total=len(videos), unit="video", disable=True if quiet else None, file=sys.stderr,
-               dynamic_ncols=True)
-    for r in scorer.iter_results(videos, progress=bar.update):
-        if not hasattr(r, "anomaly"):
-            failures[r.name] = r.message
-            bar.clear()
-            _fail(r.message if r.name in r.message else f"{r.name}: {r.message}")
-            continue
-        save_npy(out / f"{r.name}.npy", r.anomaly)
-        results[r.name] = r
-        if threshold is not None:
-            events[r.name] = find_events(r.anomaly, threshold, frames_per_snippet=r.frames_per_snippet,
-                                         fps=fps, min_snippets=min_event_snippets)
+        videos, bad = gather(features)
+        # -- threshold from normal videos ---------------------------------------------------
+        calibration = None
+        if calibrate:
+            cvideos, cfail = gather(calibrate)
+            for f in cfail:
+                _fail(f"(calibration) {f.message}")
+            cscores = []
+            for r in scorer.iter_results(cvideos):
+                if hasattr(r, "anomaly"):
+                    cscores.append(r.anomaly)
+                else:
+                    _fail(f"(calibration) {r.message}")
+            if not cscores:
+                _error("no calibration video could be scored; no threshold")
+                return EXIT_NOTHING_RAN
+            calibration = calibrate_threshold(cscores, false_alarm_rate)
+            threshold = calibration.threshold
+            if not quiet:
+                click.echo(f"calibrated threshold {threshold:.6g} on {calibration.videos} normal videos "
+                           f"({calibration.snippets} snippets, {100 * calibration.achieved_rate:.2f}% "
+                           f"above)", err=True)
+        # -- commit: --out is this run's from here on ----------------------------------------
+        with signals.held():
+            removed = remove_listed(earlier) if earlier is not None else []
+            run = _Outputs(out, model, runner, identity, threshold, calibration, fps, budget_text, scorer)
+            run.save_summary("running")
+            committed = True
+    except KeyboardInterrupt as e:
+        click.echo(f"interrupted ({getattr(e, 'signal', 'SIGINT')}) before anything was scored; "
+                   f"{out} is unchanged", err=True)
+        return EXIT_INTERRUPTED
+    finally:
+        if not committed:
+            remove_created(created)
+    if removed and not quiet:
+        whose = ("the earlier run of this model" if earlier.model.digest == identity.digest
+                 and earlier.model.precision == identity.precision
+                 else f"the run of model {earlier.model.short()} (--overwrite)")
+        click.echo(f"replacing {whose} in {out}: removed the {len(removed)} file(s) it wrote",
+                   err=True)
+    return _score(signals, run, scorer, videos, bad, t0, min_event_snippets=min_event_snippets,
+                  plot=plot, quiet=quiet)
+
+
+class _Outputs:
+    """What a committed run has written, and its summary.json."""
+
+    def __init__(self, out, model, runner, identity, threshold, calibration, fps, budget_text, scorer):
+        self.out, self.model, self.runner, self.identity = out, model, runner, identity
+        self.threshold, self.calibration, self.fps = threshold, calibration, fps
+        self.budget_text, self.scorer = budget_text, scorer
+        self.results: dict = {}            # video -> VideoResult, in completion order
+        self.files: dict[str, list[str]] = {}   # video -> its files, relative to out
+        self.events: dict = {}
+        self.failures: dict[str, str] = {}
+        self.pending: list[str] = []       # videos collected but not finished (interrupted)
+        self.shared: list[str] = []        # results.npz, events.json
+
+    def save_summary(self, status: str, order=(), seconds: float | None = None,
+                     signal: str | None = None) -> None:
+        from .io import RUN_FORMAT, RUN_FORMAT_VERSION, SUMMARY_FILE, save_json
+
+        meta, runner = self.runner.meta, self.runner
+        ordered = [self.results[n] for n in order if n in self.results]
+        files = [f for r in ordered for f in self.files[r.name]] + self.shared + [SUMMARY_FILE]
+        summary = {
+            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
+            "status": status, "interrupted": status == "interrupted",
+            **({"signal": signal} if signal else {}),
+            "model": {"path": str(self.model), "weights_digest": self.identity.digest,
+                      "digest_of": self.identity.digest_of, "precision": self.identity.precision,
+                      "backend": runner.backend, "requested": runner.requested,
+                      "providers": runner.providers, "fallback": runner.fallback,
+                      "metadata": meta.to_dict()},
+            "files": files,
+            "videos": {r.name: {"snippets": r.length, "frames": r.length * r.frames_per_snippet,
+                                "crops": r.crops, "max_anomaly": float(r.anomaly.max()),
+                                "mean_anomaly": float(r.anomaly.mean()),
+                                "events": len(self.events.get(r.name, ())),
+                                "files": self.files[r.name]} for r in ordered},
+            "failures": self.failures,
+            "not_scored": self.pending,
+            "threshold": self.threshold,
+            "memory_budget": self.budget_text,
+            "calls": self.scorer.stats["calls"],
+            "seconds": None if seconds is None else round(seconds, 3),
+        }
+        save_json(self.out / SUMMARY_FILE, summary)
+
+    def write_video(self, r, *, min_event_snippets: int, plot: bool) -> None:
+        from .events import find_events
+        from .io import save_npy
+
+        files = [f"{r.name}.npy"]
+        save_npy(self.out / files[0], r.anomaly)
+        self.results[r.name] = r           # recorded as each file lands: nothing unlisted on an error
+        self.files[r.name] = files
+        if self.threshold is not None:
+            self.events[r.name] = find_events(r.anomaly, self.threshold,
+                                              frames_per_snippet=r.frames_per_snippet, fps=self.fps,
+                                              min_snippets=min_event_snippets)
         if plot:
             from .plot import plot_video
 
-            plot_video(out / "plots" / f"{r.name}.png", r.name, r.anomaly,
-                       frames_per_snippet=r.frames_per_snippet, fps=fps, threshold=threshold,
-                       events=events.get(r.name, ()))
-    bar.close()
-    ordered = [results[v.name] for v in videos if v.name in results]
-    save_results(out / RESULTS_FILE, ordered, meta.frames_per_snippet)
+            png = f"plots/{r.name}.png"
+            plot_video(self.out / png, r.name, r.anomaly, frames_per_snippet=r.frames_per_snippet,
+                       fps=self.fps, threshold=self.threshold, events=self.events.get(r.name, ()))
+            files.append(png)
+
+    def finish(self, order, status: str, seconds: float, signal: str | None = None) -> list:
+        from .io import RESULTS_FILE, save_json, save_results
+
+        ordered = [self.results[n] for n in order if n in self.results]
+        save_results(self.out / RESULTS_FILE, ordered, self.runner.meta.frames_per_snippet)
+        self.shared = [RESULTS_FILE]
+        if self.threshold is not None:
+            cal = self.calibration
+            save_json(self.out / "events.json", {
+                "threshold": self.threshold, "threshold_source": "calibrated" if cal else "given",
+                "calibration": cal.to_dict() if cal else None,
+                "fps": self.fps, "frames_per_snippet": self.runner.meta.frames_per_snippet,
+                "videos": {r.name: [e.to_dict() for e in self.events.get(r.name, ())] for r in ordered}})
+            self.shared.append("events.json")
+        self.save_summary(status, order, seconds, signal)
+        return ordered
+
+
+def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippets, plot, quiet) -> int:
+    from tqdm import tqdm
+
+    out = run.out
+    interrupted = None
+    bar = None
+    try:
+        for f in bad:
+            run.failures[f.name] = f.message
+            _fail(f.message)
+        bar = tqdm(total=len(videos), unit="video", disable=True if quiet else None, file=sys.stderr,
+                   dynamic_ncols=True)
+        for r in scorer.iter_results(videos, progress=bar.update):
+            if not hasattr(r, "anomaly"):
+                run.failures[r.name] = r.message
+                bar.clear()
+                _fail(r.message if r.name in r.message else f"{r.name}: {r.message}")
+                continue
+            with signals.held():           # a video's outputs and their record, together
+                run.write_video(r, min_event_snippets=min_event_snippets, plot=plot)
+    except KeyboardInterrupt as e:
+        interrupted = getattr(e, "signal", "SIGINT")
+    except BaseException as e:
+        # Record what is done, then let the error speak for itself.
+        run.failures["(run)"] = f"the run stopped: {type(e).__name__}: {e}"
+        run.finish([v.name for v in videos], "failed", time.perf_counter() - t0)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    order = [v.name for v in videos]
+    run.pending = [n for n in order if n not in run.results and n not in run.failures]
     elapsed = time.perf_counter() - t0
-    summary = {
-        "model": {"path": str(model), "backend": runner.backend, "requested": runner.requested,
-                  "providers": runner.providers, "fallback": runner.fallback, "metadata": meta.to_dict()},
-        "videos": {r.name: {"snippets": r.length, "frames": r.length * r.frames_per_snippet,
-                            "crops": r.crops, "max_anomaly": float(r.anomaly.max()),
-                            "mean_anomaly": float(r.anomaly.mean()),
-                            "events": len(events.get(r.name, ()))} for r in ordered},
-        "failures": failures,
-        "threshold": threshold,
-        "calls": scorer.stats["calls"],
-        "seconds": round(elapsed, 3),
-    }
-    save_json(out / "summary.json", summary)
-    if threshold is not None:
-        save_json(out / "events.json", {
-            "threshold": threshold, "threshold_source": "calibrated" if calibration else "given",
-            "calibration": calibration.to_dict() if calibration else None,
-            "fps": fps, "frames_per_snippet": meta.frames_per_snippet,
-            "videos": {r.name: [e.to_dict() for e in events[r.name]] for r in ordered}})
-    if not quiet and ordered:
-        width = min(60, max(len(r.name) for r in ordered))
-        click.echo(f"{'video':<{width}} {'T':>6} {'crops':>5} {'max':>9} {'mean':>9}"
-                   + (f" {'events':>6}" if threshold is not None else ""))
-        for r in ordered:
-            name = r.name if len(r.name) <= width else r.name[: width - 3] + "..."
-            line = (f"{name:<{width}} {r.length:>6} {r.crops:>5} {r.anomaly.max():>9.4f} "
-                    f"{r.anomaly.mean():>9.4f}")
-            if threshold is not None:
-                line += f" {len(events[r.name]):>6}"
-            click.echo(line)
-    click.echo(f"scored {len(ordered)} video(s) in {elapsed:.1f} s with {runner.backend}"
+    try:
+        with signals.held():               # the record of what was done is always written
+            ordered = run.finish(order, "interrupted" if interrupted else "complete", elapsed, interrupted)
+            _report(run, ordered, quiet)
+    except KeyboardInterrupt:
+        pass                               # everything was written before it arrived
+    failures = run.failures
+    if interrupted:
+        click.echo(f"interrupted ({interrupted}) after scoring {len(ordered)} of {len(videos)} video(s) "
+                   f"({len(run.pending)} not scored): the finished videos' outputs and "
+                   f"{out / 'summary.json'} (\"interrupted\": true) are written", err=True)
+        return EXIT_INTERRUPTED
+    click.echo(f"scored {len(ordered)} video(s) in {elapsed:.1f} s with {run.runner.backend}"
                + (f"; {len(failures)} failed (listed in {out / 'summary.json'})" if failures else "")
                + f"; outputs in {out}", err=True)
-    ctx.exit(1 if failures else 0)
+    return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _report(run: _Outputs, ordered, quiet: bool) -> None:
+    if quiet or not ordered:
+        return
+    threshold = run.threshold
+    width = min(60, max(len(r.name) for r in ordered))
+    click.echo(f"{'video':<{width}} {'T':>6} {'crops':>5} {'max':>9} {'mean':>9}"
+               + (f" {'events':>6}" if threshold is not None else ""))
+    for r in ordered:
+        name = r.name if len(r.name) <= width else r.name[: width - 3] + "..."
+        line = f"{name:<{width}} {r.length:>6} {r.crops:>5} {r.anomaly.max():>9.4f} {r.anomaly.mean():>9.4f}"
+        if threshold is not None:
+            line += f" {len(run.events.get(r.name, ())):>6}"
+        click.echo(line)
 
 
 if __name__ == "__main__":   # pragma: no cover

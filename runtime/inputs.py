@@ -2,6 +2,11 @@
 
 Each argument is a `.npy` file, a directory (every `*.npy` below it, recursively), or a list
 file in the datasets' format (any other file; its relative paths resolve against `root`).
+Every argument is accounted for: a binary file that is not a .npy (an .npz, an .onnx) is a
+failure naming it, never decoded as a list; in a directory, dangling links, FIFOs, sockets and
+unreadable files or folders are failures by name (a FIFO is never opened). The same path given
+twice is one video; differently named links to one file are distinct videos (paths are
+compared as given, made absolute, never resolved).
 
 Grouping (crops_from_names=True, the default): a file named `<video>__<k>.npy` is crop k of
 `<video>`; the crop files of one video (same folder, same `<video>`) must be exactly
@@ -24,6 +29,7 @@ Scorer and the runner do not check them again.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -108,6 +114,25 @@ def _layout_3d(p: Path, shape: tuple[int, ...], layout: str, crops_hint: int | N
                            f"(snippets, crops, D) or --layout CTD (crops, snippets, D)")
 
 
+def _scan_dir(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every non-hidden `*.npy` entry below `folder`, sorted, whatever it is (a dangling link, a
+    FIFO, a socket: its header read reports it by name, and never opens a FIFO), and the
+    sub-folders that could not be listed. Links to folders are not followed."""
+    found: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+
+    def onerror(e: OSError) -> None:
+        unreadable.append((Path(e.filename or folder), e.strerror or str(e)))
+
+    for top, dirs, names in os.walk(folder, onerror=onerror):
+        dirs.sort()
+        found.extend(Path(top) / n for n in names if n.endswith(".npy") and not n.startswith("."))
+        # os.walk lists a link to a folder among `dirs` without entering it: one named *.npy is
+        # reported like any other non-file.
+        found.extend(Path(top) / n for n in dirs if n.endswith(".npy") and os.path.islink(Path(top) / n))
+    return sorted(found), unreadable
+
+
 def collect_videos(inputs: Sequence[str | Path], *, root: str | Path | None = None,
                    layout: str = "auto", crops_from_names: bool = True,
                    feature_dim: int | None = None, crops_hint: int | None = None
@@ -123,28 +148,33 @@ def collect_videos(inputs: Sequence[str | Path], *, root: str | Path | None = No
     for arg in inputs:
         p = Path(arg)
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*.npy") if q.is_file() and not q.name.startswith("."))
-            if not found:
+            found, unreadable = _scan_dir(p)
+            for d, err in unreadable:
+                failures.append(Failure(str(d), FeatureFileError(
+                    f"{d}: folder cannot be read ({err}); its .npy files, if any, are not scored"), [d]))
+            if not found and not unreadable:
                 failures.append(Failure(str(p), FeatureFileError(
                     f"{p}: directory holds no .npy feature files; expected <video>__<k>.npy or "
                     f"<video>.npy files"), [p]))
             files.extend(found)
-        elif p.suffix.lower() == ".npy" or not p.exists():
-            files.append(p)            # a missing .npy is reported as a bad file below
+        elif p.suffix.lower() == ".npy" or not p.is_file():
+            files.append(p)     # a missing, dangling, FIFO... .npy is reported by its header read
         else:
-            try:
+            try:                # a list file; a binary one is named, never decoded
                 files.extend(e.path for e in read_list(p, root))
             except FeatureFileError as e:
                 failures.append(Failure(str(p), e, [p]))
-    seen: set[Path] = set()
+    # One video per path as given (absolute, not resolved): the same path twice is one video,
+    # but differently named links to one file are distinct videos.
+    seen: set[str] = set()
     groups: dict[tuple[Path, str], list[tuple[int | None, Path]]] = {}
     for f in files:
-        key_path = f.resolve() if f.exists() else f.absolute()
-        if key_path in seen:
+        key = os.path.abspath(f)
+        if key in seen:
             continue
-        seen.add(key_path)
+        seen.add(key)
         video, crop = split_crop(f) if crops_from_names else (f.name[:-4] if f.name.endswith(".npy") else f.name, None)
-        groups.setdefault((f.parent, video), []).append((crop, f))
+        groups.setdefault((Path(os.path.dirname(key)), video), []).append((crop, f))
 
     videos: list[FileVideo] = []
     by_name: dict[str, list[int]] = {}

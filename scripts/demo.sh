@@ -22,11 +22,11 @@ video=$(grep -m 1 _label_G demo_data/list/XD_Test.list | sed 's/__[0-9]*\.npy$//
 calibrate=$(grep _label_A demo_data/list/XD_Train.list | head -n 40 | sed 's|^|--calibrate demo_data/|')
 echo "== 3/6 bnwvad-infer on one demo test video (an explosion), with events and its plot"
 # shellcheck disable=SC2086  # one --calibrate per file
-"$BIN/bnwvad-infer" demo_data/"$video"__*.npy --model "$OUT/model.onnx" --out "$OUT/one" \
+"$BIN/bnwvad-infer" demo_data/"$video"__*.npy --model "$OUT/model.onnx" --out "$OUT/one" --overwrite \
     $calibrate --false-alarm-rate 0.01 --fps 24 --plot
 echo "== 4/6 bnwvad-infer on the whole demo test set"
 "$BIN/bnwvad-infer" demo_data/list/XD_Test.list --root demo_data --model "$OUT/model.onnx" \
-    --out "$OUT/scores" -q
+    --out "$OUT/scores" --overwrite -q
 echo "== 5/6 bnwvad-eval of the exported model's scores"
 "$BIN/bnwvad-eval" --scores "$OUT/scores" --dataset demo --json "$OUT/metrics_onnx.json"
 echo "== 6/6 benchmark, quick"

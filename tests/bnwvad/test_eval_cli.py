@@ -73,6 +73,18 @@ def cli(args, cwd, block_torch=False):
                           text=True, timeout=120)
 
 
+def record_run(d: Path, digest: str = "sha256:test", precision: str = "fp32") -> Path:
+    """Make `d` a recorded run, as bnwvad-infer leaves it: a summary.json naming the model and
+    listing every score file in it (for score sets written by hand)."""
+    files = sorted(p.name for p in d.glob("*.npy"))
+    (d / "summary.json").write_text(json.dumps({
+        "format": "bnwvad-infer-run", "format_version": 1, "status": "complete", "interrupted": False,
+        "model": {"path": "hand.onnx", "weights_digest": digest, "digest_of": "weights (model metadata)",
+                  "precision": precision},
+        "files": files + ["summary.json"]}))
+    return d
+
+
 def in_process(args, cwd, monkeypatch):
     monkeypatch.chdir(cwd)
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -141,6 +153,7 @@ def test_checkpoint_then_scores_dir_give_the_same_metrics(tree, tmp_path):
     sdir.mkdir()
     for name, s in scores.items():
         np.save(sdir / f"{name}.npy", s.anomaly)
+    record_run(sdir)
     out2 = tmp_path / "s.json"
     r = cli(["--scores", sdir, "--dataset", "demo", "--json", out2, "--plot", tmp_path / "s.png",
              "--videos", VIDEOS[2][0]], cwd=tree, block_torch=True)
@@ -157,6 +170,7 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_json(tree, tmp_path):
     sdir.mkdir()
     for name, t, _ in VIDEOS[:-1]:
         np.save(sdir / f"{name}.npy", np.zeros(t, np.float32))
+    record_run(sdir)
     out = tmp_path / "m.json"
     r = cli(["--scores", sdir, "--dataset", "demo", "--json", out], cwd=tree, block_torch=True)
     assert r.returncode != 0
@@ -182,7 +196,7 @@ def _scores(tmp_path, lengths=None, skip=()):
     for name, t, _ in VIDEOS:
         if name not in skip:
             np.save(d / f"{name}.npy", np.linspace(0, 1, (lengths or {}).get(name, t), dtype=np.float32))
-    return d
+    return record_run(d)
 
 
 @pytest.mark.parametrize("case, match", [
@@ -258,6 +272,7 @@ def test_scores_on_the_real_ucf_crime_metadata(datasets_dir, tmp_path, monkeypat
     rng = np.random.default_rng(0)
     for r in rows:
         np.save(sdir / f"{r['video']}.npy", rng.random(int(r["snippets"])).astype(np.float32))
+    record_run(sdir)
     out = tmp_path / "ucf.json"
     r = in_process(["--scores", sdir, "--dataset", "ucf", "--list", d / "UCF_Test.list", "--json", out],
                    tmp_path, monkeypatch)
@@ -282,3 +297,113 @@ def test_evaluate_dataset_glue(tree):
                            device="cpu", progress=False)
     assert res.metrics["frames"] == 16 * 38 and [v.name for v in res.test_set.videos] == [n for n, _, _ in VIDEOS]
     assert res.scores[VIDEOS[0][0]].score.shape == (12,)
+
+
+# ---------------------------------------------------------------------------- scores of one recorded run
+def _infer(args, cwd):
+    exe = Path(sys.executable).with_name("bnwvad-infer")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "bnwvad.runtime.cli"]
+    return subprocess.run([*cmd, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two exported (toy) models that fit the tree's features (D = 8, 3 crops), other weights."""
+    from _toy_onnx import build_toy_onnx, toy_metadata
+
+    d = tmp_path_factory.mktemp("models")
+    return (build_toy_onnx(d / "a.onnx"),
+            build_toy_onnx(d / "b.onnx", metadata=toy_metadata(weights_digest="sha256:other"), seed=1))
+
+
+def _partial_list(tree, tmp_path, videos):
+    lst = tmp_path / f"{videos[0][0]}-{len(videos)}.list"
+    lst.write_text("".join(f"test/{n}__{c}.npy\n" for n, _, _ in videos for c in range(CROPS)))
+    return lst
+
+
+def test_scores_of_bnwvad_infer_runs_are_evaluated(tree, models, tmp_path):
+    root = tree / "demo_data"
+    r = _infer([root / "list" / "XD_Test.list", "--root", root, "--model", models[0], "--out", tmp_path / "a"], tree)
+    assert r.returncode == 0, r.stderr
+    r = cli(["--scores", tmp_path / "a", "--dataset", "demo", "--json", tmp_path / "m.json"], cwd=tree,
+            block_torch=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["scores_model"] == {"weights_digest": "sha256:toyw", "precision": "fp32"}
+    # A test set scored in two runs of the same model, one folder each: the same metrics.
+    lst = _partial_list(tree, tmp_path, VIDEOS[:2])
+    rest = _partial_list(tree, tmp_path, VIDEOS[2:])
+    for name, part in (("p1", lst), ("p2", rest)):
+        assert _infer([part, "--root", root, "--model", models[0], "--out", tmp_path / name], tree).returncode == 0
+    r = cli(["--scores", tmp_path / "p1", "--scores", tmp_path / "p2", "--dataset", "demo", "--json",
+             tmp_path / "m2.json"], cwd=tree, block_torch=True)
+    assert r.returncode == 0, r.stderr
+    m2 = json.loads((tmp_path / "m2.json").read_text())
+    assert (m2["auc"], m2["ap"]) == (m["auc"], m["ap"]) and len(m2["score_runs"]) == 2
+
+
+def test_score_files_of_no_recorded_run_are_refused(tree, tmp_path):
+    d = _scores(tmp_path)
+    (d / "summary.json").unlink()
+    out = tmp_path / "m.json"
+    r = cli(["--scores", d, "--dataset", "demo", "--json", out], cwd=tree, block_torch=True)
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and f"{d}: no summary.json, so its 4 score file(s) (" in err[0], r.stderr
+    assert "come from no recorded bnwvad-infer run" in err[0] and f"{VIDEOS[2][0]}.npy" in err[0]
+    assert not out.exists()
+    # A summary.json that is not a run record (another program's, an older bnwvad-infer's).
+    (d / "summary.json").write_text(json.dumps({"videos": {}}))
+    r = cli(["--scores", d, "--dataset", "demo"], cwd=tree, block_torch=True)
+    assert r.returncode == 1 and "not a bnwvad-infer run record" in r.stderr
+
+
+def test_a_score_file_the_run_did_not_write_is_refused(tree, models, tmp_path):
+    """The mix the issue describes: a folder whose run wrote some scores, plus a stale file of
+    another model's run beside them."""
+    root = tree / "demo_data"
+    lst = _partial_list(tree, tmp_path, VIDEOS[:-1])
+    assert _infer([lst, "--root", root, "--model", models[0], "--out", tmp_path / "a"], tree).returncode == 0
+    assert _infer([root / "list" / "XD_Test.list", "--root", root, "--model", models[1],
+                   "--out", tmp_path / "b"], tree).returncode == 0
+    stale = f"{VIDEOS[-1][0]}.npy"
+    shutil.copy(tmp_path / "b" / stale, tmp_path / "a" / stale)
+    r = cli(["--scores", tmp_path / "a", "--dataset", "demo", "--json", tmp_path / "m.json"], cwd=tree,
+            block_torch=True)
+    assert r.returncode == 1
+    assert (f"{tmp_path / 'a'}: 1 score file(s) ({stale}) are not listed in its summary.json, so the run it "
+            f"records (model sha256:toyw (fp32)) did not write them") in r.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_scores_of_two_models_are_refused_naming_both(tree, models, tmp_path):
+    root = tree / "demo_data"
+    for name, part, model in (("p1", _partial_list(tree, tmp_path, VIDEOS[:2]), models[0]),
+                              ("p2", _partial_list(tree, tmp_path, VIDEOS[2:]), models[1])):
+        r = _infer([part, "--root", root, "--model", model, "--out", tmp_path / name], tree)
+        assert r.returncode == 0, r.stderr
+    r = cli(["--scores", tmp_path / "p1", "--scores", tmp_path / "p2", "--dataset", "demo"], cwd=tree,
+            block_torch=True)
+    assert r.returncode == 1
+    assert (f"the score folders were written by 2 different models: sha256:toyw (fp32) in {tmp_path / 'p1'}; "
+            f"sha256:other (fp32) in {tmp_path / 'p2'}") in r.stderr
+
+
+def test_an_unwritable_json_path_is_found_before_evaluating(tree, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "m.json"
+    r = cli(["tiny.pt", "--dataset", "demo", "--device", "cpu", "--json", out, "--no-progress"], cwd=tree)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and f"--json {out}: its folder {tmp_path / 'a_file'}: is a file, not a folder" in err[0]
+    assert "published: trapezoid" not in r.stdout                      # nothing was evaluated
+
+
+def test_help_names_files_folders_and_every_exit_status():
+    r = CliRunner().invoke(main, ["--help"])
+    assert r.exit_code == 0
+    assert "--scores DIR" in r.output and "--json FILE" in r.output and "--list FILE" in r.output
+    assert "TEXT" not in r.output
+    for line in ("0    evaluated", "1    a bad input", "2    nothing could run", "130  interrupted"):
+        assert line in r.output

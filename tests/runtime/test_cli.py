@@ -3,10 +3,13 @@ model (fast), and as a subprocess on the exported published weights."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -191,15 +194,97 @@ def test_each_bad_file_gets_its_own_error_and_no_output(toy_onnx, tmp_path, case
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]      # nothing partial
 
 
-def test_outputs_replace_old_ones_atomically(toy_onnx, tmp_path):
+def test_a_folder_that_is_not_a_run_is_refused_unless_overwrite(toy_onnx, tmp_path):
     write_crops(tmp_path / "in", "v", feats(5))
     out = tmp_path / "out"
     out.mkdir()
     (out / "v.npy").write_bytes(b"old")
     r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", out)
-    assert r.exit_code == 0
-    assert np.load(out / "v.npy").shape == (5,)
-    assert sorted(p.name for p in out.iterdir()) == ["results.npz", "summary.json", "v.npy"]
+    assert r.exit_code == 2, r.output
+    assert f"--out {out}: not empty (1 entries: v.npy) and holds no summary.json" in r.stderr
+    assert "--overwrite" in r.stderr and (out / "v.npy").read_bytes() == b"old"
+    # --overwrite writes into it; it removes nothing no run listed, and replaces atomically.
+    (out / "notes.txt").write_text("mine")
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", out, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert np.load(out / "v.npy").shape == (5,) and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "results.npz", "summary.json", "v.npy"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["files"] == ["v.npy", "results.npz", "summary.json"]
+
+
+def test_summary_records_the_weights_digest_and_every_file_written(toy_onnx, tmp_path):
+    write_crops(tmp_path / "in", "a", feats(6, seed=1))
+    out = tmp_path / "out"
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", out, "--threshold", 0.1, "--plot")
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["format"] == "bnwvad-infer-run" and s["status"] == "complete" and s["interrupted"] is False
+    assert (s["model"]["weights_digest"], s["model"]["precision"]) == ("sha256:toyw", "fp32")
+    assert s["model"]["digest_of"] == "weights (model metadata)"
+    assert s["videos"]["a"]["files"] == ["a.npy", "plots/a.png"]
+    assert s["files"] == ["a.npy", "plots/a.png", "results.npz", "events.json", "summary.json"]
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted(s["files"])                     # relative paths, exactly what is there
+
+
+def test_without_a_digest_in_the_metadata_the_model_files_sha256_names_it(tmp_path):
+    import hashlib
+
+    from _toy_onnx import build_toy_onnx, toy_metadata
+
+    meta = toy_metadata()
+    del meta["weights_digest"]
+    model = build_toy_onnx(tmp_path / "old.onnx", metadata=meta)
+    write_crops(tmp_path / "in", "a", feats(6))
+    r = invoke(tmp_path / "in", "--model", model, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "out" / "summary.json").read_text())["model"]
+    assert m["weights_digest"] == "file-sha256:" + hashlib.sha256(model.read_bytes()).hexdigest()
+    assert m["digest_of"] == "model file"
+
+
+def test_a_rerun_of_the_same_model_replaces_its_outputs_and_keeps_no_stale_score(toy_onnx, tmp_path):
+    """The issue's case: the second run's failed video must not keep the first run's score, nor
+    its plot or events; an evaluation of the folder then sees only the second run's outputs."""
+    write_crops(tmp_path / "in", "a", feats(6, seed=1))
+    write_crops(tmp_path / "in", "b", feats(7, seed=2))
+    out = tmp_path / "out"
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", out, "--threshold", 0.1, "--plot")
+    assert r.exit_code == 0 and (out / "b.npy").is_file() and (out / "plots" / "b.png").is_file()
+    (tmp_path / "in" / "b__1.npy").write_bytes(b"\x00garbage")          # b fails in the re-run
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", out)
+    assert r.exit_code == 1 and "b__1.npy" in r.stderr
+    assert "replacing the earlier run of this model" in r.stderr
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["a.npy", "results.npz", "summary.json"]
+    s = json.loads((out / "summary.json").read_text())
+    assert list(s["videos"]) == ["a"] and list(s["failures"]) == ["b"] and "b.npy" not in s["files"]
+
+
+def test_another_models_folder_is_refused_unless_overwrite(toy_onnx, tmp_path):
+    from _toy_onnx import build_toy_onnx, toy_metadata
+
+    other = build_toy_onnx(tmp_path / "other.onnx", metadata=toy_metadata(weights_digest="sha256:other"),
+                           seed=1)
+    write_crops(tmp_path / "in", "a", feats(6, seed=1))
+    write_crops(tmp_path / "in", "b", feats(7, seed=2))
+    out = tmp_path / "out"
+    assert invoke(tmp_path / "in", "--model", toy_onnx, "--out", out, "--plot").exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = invoke(tmp_path / "in", "--model", other, "--out", out)
+    assert r.exit_code == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "holds the outputs of another model (weights sha256:toyw (fp32)" in err[0]
+    assert "this model is sha256:other (fp32)" in err[0] and "--overwrite to remove the 6 file(s)" in err[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before      # untouched
+    # --overwrite removes exactly what that run listed; the user's own file stays.
+    (tmp_path / "in" / "b__0.npy").unlink()
+    r = invoke(tmp_path / "in", "--model", other, "--out", out, "--overwrite")
+    assert r.exit_code == 1
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "a.npy", "notes.txt", "results.npz", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["model"]["weights_digest"] == "sha256:other"
 
 
 def test_outputs_get_the_umask_permissions_without_touching_the_umask(toy_onnx, tmp_path, monkeypatch):
@@ -345,3 +430,124 @@ def test_session_options_reach_the_runner(toy_onnx, tmp_path, monkeypatch):
                "--backend", "ort-cpu", "--strict")
     assert r.exit_code == 0, r.output
     assert (seen["threads"], seen["arena"], seen["strict"]) == (1, False, True)
+
+
+# -- output folders that cannot be used: found before any scoring, one line, exit 2 ------------
+def _out_cases(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    return {
+        "under_a_file": (tmp_path / "a_file" / "out", "cannot be created: {} is a file, not a folder"
+                         .format(tmp_path / "a_file")),
+        "is_a_file": (tmp_path / "a_file", "is a file, not a folder"),
+        # Root ignores permission bits, so a read-only folder is tested through /proc (no new
+        # folders there, for root either) and, for other users, a chmod 555 folder below.
+        "proc": (Path("/proc/bnwvad-test-out"), "cannot create the folder"),
+    }
+
+
+@pytest.mark.parametrize("case", ["under_a_file", "is_a_file", "proc"])
+def test_an_out_that_cannot_be_written_is_found_before_any_scoring(toy_onnx, tmp_path, case):
+    out, message = _out_cases(tmp_path)[case]
+    write_crops(tmp_path / "in", "v", feats(5))
+    write_crops(tmp_path / "normal", "n", feats(9))
+    proc = subprocess.run([*_bnwvad_infer(), str(tmp_path / "in"), "--model", str(toy_onnx), "--out", str(out),
+                           "--calibrate", str(tmp_path / "normal")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    # One line, naming the folder; not even the model line, no calibration, no traceback.
+    assert len(lines) == 1 and lines[0].startswith(f"error: --out {out}: ") and message in lines[0], lines
+    assert not (tmp_path / "a_file" / "out").exists() and (tmp_path / "a_file").read_text() == "x"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root ignores permission bits (the /proc case covers a folder nobody can write)")
+def test_a_read_only_out_is_found_before_any_scoring(toy_onnx, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    write_crops(tmp_path / "in", "v", feats(5))
+    try:
+        r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", ro / "out")
+    finally:
+        ro.chmod(0o755)
+    assert r.exit_code == 2 and f"--out {ro / 'out'}: cannot create the folder" in r.stderr
+
+
+def test_model_errors_leave_no_out_folder_behind(tmp_path):
+    write_crops(tmp_path / "in", "v", feats(5))
+    (tmp_path / "m.onnx").write_bytes(b"junk")
+    r = invoke(tmp_path / "in", "--model", tmp_path / "m.onnx", "--out", tmp_path / "new" / "out")
+    assert r.exit_code == 2 and not (tmp_path / "new").exists()
+
+
+# -- SIGINT / SIGTERM: what is done is written and recorded, exit 130 --------------------------
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_writes_what_it_finished_and_exits_130(toy_onnx, tmp_path, sig):
+    # Many videos and --plot (tens of ms each): the run lasts seconds, the signal comes mid-run.
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(150):
+        np.save(src / f"v{i:03d}.npy", feats(12, seed=i).transpose(1, 0, 2))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*_bnwvad_infer(), str(src), "--model", str(toy_onnx), "--out", str(out),
+                             "--plot", "--threshold", "0.1", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("v*.npy")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert f"interrupted ({sig.name}) after scoring" in err and "Traceback" not in err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["interrupted"] is True and s["signal"] == sig.name
+    done = set(s["videos"])
+    assert 1 <= len(done) < 150 and len(done) + len(s["not_scored"]) == 150
+    # Every finished video is complete (scores, plot, events) and every file is recorded.
+    on_disk = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted(s["files"])
+    assert {p.stem for p in out.glob("v*.npy")} == done == {p.stem for p in (out / "plots").glob("*.png")}
+    assert set(load_results(out / "results.npz")) == done
+    assert set(json.loads((out / "events.json").read_text())["videos"]) == done
+
+
+# -- what bnwvad-infer prints ----------------------------------------------------------------
+def test_help_names_folders_files_and_every_exit_status():
+    r = CliRunner().invoke(main, ["--help"], terminal_width=100)
+    assert r.exit_code == 0
+    text = r.output
+    assert re.search(r"-o, --out DIR\s+Output FOLDER", text)
+    assert re.search(r"--device-id INTEGER RANGE\s+CUDA device", text)
+    assert re.search(r"-m, --model FILE", text) and "--sidecar FILE" in text and "--root DIR" in text
+    assert "TEXT" not in text
+    for code in ("0 ", "1 ", "2 ", "130 "):
+        assert re.search(rf"^\s+{code}\s*\S", text, re.M), code
+    assert "interrupted" in text and "nothing could run" in text
+
+
+def test_the_first_line_gives_the_memory_budget_and_its_source(toy_onnx, tmp_path):
+    from bnwvad.runtime import Scorer, load_runner
+
+    write_crops(tmp_path / "in", "v", feats(5))
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", tmp_path / "out")
+    assert r.exit_code == 0
+    first = r.stderr.splitlines()[0]
+    scorer = Scorer(load_runner(toy_onnx, "ort-cpu"))
+    budget = getattr(scorer, "budget", None)
+    if budget is not None:                    # the cgroup-aware budget: bytes and their source
+        assert re.search(r"; memory budget [\d.]+ [KMGT]?i?B\b.* \(.+\)$", first), first
+    else:
+        assert re.search(r"memory budget [\d.]+ [KMGT]?i?B$", first), first
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+                    reason="needs an onnxruntime without CUDA (the fallback is what is printed)")
+def test_the_backend_fallback_warning_is_printed_once(toy_onnx, tmp_path):
+    write_crops(tmp_path / "in", "v", feats(5))
+    proc = subprocess.run([*_bnwvad_infer(), str(tmp_path / "in"), "--model", str(toy_onnx),
+                           "--out", str(tmp_path / "out"), "--backend", "ort-cuda"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("needs CUDAExecutionProvider, but the installed onnxruntime") == 1, proc.stderr
+    assert "is not in available provider names" not in proc.stderr       # ONNX Runtime's own words for it

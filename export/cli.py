@@ -107,6 +107,13 @@ def _shapes(min_shape, opt_shape, max_shape):
     return (_shape(min_shape, "--min-shape"), _shape(opt_shape, "--opt-shape"), _shape(max_shape, "--max-shape"))
 
 
+def _code(e: Exception) -> int:
+    """2 where nothing could run here (TensorRT, CUDA or a GPU missing), else 1."""
+    from .trt_engine import TensorRTUnavailable
+
+    return 2 if isinstance(e, TensorRTUnavailable) else 1
+
+
 def _errors():
     """The exception types that are the user's problem (one line, exit 1)."""
     from bnwvad.checkpoint import CheckpointError
@@ -195,7 +202,7 @@ def _export(checkpoint, output, preset, fp16, int8, opset, no_verify, external_d
                          timing_cache=timing_cache, workspace_gib=workspace, verify=not no_verify,
                          reference=checkpoint, preset=preset, log=_echo)
     except _errors() as e:
-        _fail(e)
+        _fail(e, _code(e))
 
 
 @main.command("engine", epilog=_EPILOG)
@@ -228,7 +235,7 @@ def _engine(onnx_file, output, checkpoint, preset, no_verify, device, shapes, ti
                      timing_cache=timing_cache, workspace_gib=workspace, verify=not no_verify,
                      reference=checkpoint, preset=preset, device=device, log=_echo)
     except _errors() as e:
-        _fail(e)
+        _fail(e, _code(e))
 
 
 if __name__ == "__main__":

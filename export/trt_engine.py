@@ -33,7 +33,11 @@ TRT_PRECISIONS = ("fp32", "fp16")
 
 
 class TensorRTError(RuntimeError):
-    """TensorRT missing, no GPU, or an engine that cannot be built as asked."""
+    """An engine that cannot be built as asked (or TensorRT not usable: TensorRTUnavailable)."""
+
+
+class TensorRTUnavailable(TensorRTError):
+    """TensorRT, the CUDA runtime or a GPU is missing here: nothing could run (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -99,13 +103,13 @@ def require_tensorrt():
     try:
         trt = import_tensorrt()
     except BackendError as e:
-        raise TensorRTError(f"TensorRT is not installed or not usable: {e}; {INSTALL_HINT}") from None
+        raise TensorRTUnavailable(f"TensorRT is not installed or not usable: {e}; {INSTALL_HINT}") from None
     try:
         gpus = _cuda.device_count()
     except BackendError as e:
-        raise TensorRTError(f"TensorRT {trt.__version__} is installed but the CUDA runtime is not: {e}") from None
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is installed but the CUDA runtime is not: {e}") from None
     if gpus < 1:
-        raise TensorRTError(f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible: an engine "
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible: an engine "
                             f"must be built on the kind of GPU it will run on")
     return trt
 
@@ -255,4 +259,4 @@ def _verify_engine(staged: Path, engine_path: Path, onnx_path: Path, precision: 
     return report
 
 
-__all__ = ["EngineReport", "Profile", "TensorRTError", "build_engine", "require_tensorrt"]
+__all__ = ["EngineReport", "Profile", "TensorRTError", "TensorRTUnavailable", "build_engine", "require_tensorrt"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bnwvad.export import Profile, TensorRTError, build_engine
-from bnwvad.export.trt_engine import require_tensorrt
+from bnwvad.export.trt_engine import TensorRTUnavailable, require_tensorrt
 
 
 def test_missing_tensorrt_is_a_clear_error(monkeypatch, tmp_path, tiny):
@@ -17,7 +17,7 @@ def test_missing_tensorrt_is_a_clear_error(monkeypatch, tmp_path, tiny):
     monkeypatch.setitem(sys.modules, "tensorrt", None)          # import tensorrt -> ImportError
     with pytest.raises(TensorRTError, match=r"TensorRT is not installed.*pip install 'bnwvad\[tensorrt\]'"):
         require_tensorrt()
-    with pytest.raises(TensorRTError, match="TensorRT is not installed"):
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
         build_engine(onnx_path, tmp_path / "m.engine")
     assert not (tmp_path / "m.engine").exists()
 
@@ -39,7 +39,7 @@ def test_cli_engine_without_tensorrt_or_gpu_fails_in_one_line(tmp_path, tiny):
     exe = __import__("pathlib").Path(sys.executable).parent / "bnwvad-export"
     r = subprocess.run([str(exe), "engine", str(onnx_path), "-o", str(tmp_path / "m.engine")],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr       # nothing could run here
     line = [ln for ln in r.stderr.splitlines() if ln.startswith("bnwvad-export: error:")]
     assert len(line) == 1
     assert ("TensorRT is not installed" in line[0] and "pip install" in line[0]) or "no CUDA GPU" in line[0]

@@ -24,6 +24,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "matplotlib": ("matplotlib", ("plot", "analysis")),
     "onnxruntime": ("onnxruntime", ("cpu", "gpu")),
     "tensorrt": ("tensorrt", ("tensorrt",)),
+    "av": ("av", ("video",)),
 }
 EXIT_MISSING = 2            # DESIGN.md: 2 = nothing could run
 

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import click
 
+from bnwvad.config import PRESETS
+
 # Commands of the group; anything else as the first argument is the export's CHECKPOINT.
-_SUBCOMMANDS = ("onnx", "engine")
+_SUBCOMMANDS = ("onnx", "engine", "i3d")
 
 
 class _DefaultToOnnx(click.Group):
@@ -159,7 +161,7 @@ def main():
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               metavar="FILE", help="Output .onnx FILE to write (its folder is created).")
-@click.option("--preset", type=click.Choice(["ucf", "xd", "shanghaitech"]),
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
               help="Dataset preset; needed for published state_dicts (they carry no config).")
 @click.option("--fp16", "fp16", is_flag=True, help="Mixed-precision graph: fp16 matmuls, fp32 where fp16 overflows.")
 @click.option("--int8", "int8", is_flag=True, help="Dynamic int8 weight quantisation (ONNX Runtime only).")
@@ -212,7 +214,7 @@ def _export(checkpoint, output, preset, fp16, int8, opset, no_verify, external_d
                                    "<FILE>.json beside it).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Verify against this PyTorch checkpoint (default: against the ONNX graph in ONNX Runtime).")
-@click.option("--preset", type=click.Choice(["ucf", "xd", "shanghaitech"]), help="Preset of --checkpoint.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Preset of --checkpoint.")
 @click.option("--no-verify", is_flag=True, help="Skip running the engine against the reference.")
 @click.option("--device", default="cuda", show_default=True, metavar="DEVICE",
               help="CUDA device to build and verify on.")
@@ -236,6 +238,27 @@ def _engine(onnx_file, output, checkpoint, preset, no_verify, device, shapes, ti
                      reference=checkpoint, preset=preset, device=device, log=_echo)
     except _errors() as e:
         _fail(e, _code(e))
+
+
+@main.command("i3d", epilog=_EPILOG)
+@click.argument("weights", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              metavar="FILE", help="Output .onnx FILE of the feature extractor (its folder is created).")
+@click.option("--fp16", "fp16", is_flag=True, help="fp16 convolutions; fp32 inputs, outputs and the final pool.")
+@click.option("--no-verify", is_flag=True, help="Skip running the graph against PyTorch (not recommended).")
+@click.option("--device", default="cpu", show_default=True, metavar="DEVICE",
+              help="Torch device for the reference run.")
+def i3d_cmd(weights, output, fp16, no_verify, device):
+    """Export an I3D feature extractor (pytorch-i3d's rgb_imagenet.pt state_dict, loaded by its
+    own names) to a verified ONNX graph: clips (N, 3, 16, 224, 224) in [-1, 1] -> (N, 1024)."""
+    with _outputs(("-o/--output", output)):
+        try:
+            from .i3d import export_i3d
+
+            export_i3d(weights, output, precision="fp16" if fp16 else "fp32", verify=not no_verify,
+                       device=device, log=_echo)
+        except _errors() as e:
+            _fail(e, _code(e))
 
 
 if __name__ == "__main__":

@@ -94,6 +94,10 @@ TOLERANCES: dict[str, Tolerance] = {
     "torch_cuda": Tolerance(1e-4, "rel_to_max", "the same PyTorch model on CUDA, TF32 off"),
     "tensorrt_fp32": Tolerance(1e-3, "rel_to_max", "TF32 is disabled; kernel choice reorders sums"),
     "tensorrt_fp16": Tolerance(2e-2, "rel_to_max", "as onnx_fp16"),
+    # The I3D extractor (bnwvad.i3d) against the public pytorch-i3d outputs (../shared/reference/i3d).
+    "i3d_reference": Tolerance(1e-4, "rel_to_max", "InceptionI3d vs pytorch-i3d, float32 reordering"),
+    "i3d_protocol": Tolerance(1e-3, "rel_to_max", "frames -> features: resampling may move a pixel "
+                                                  "by one grey level in a few places"),
     # Effect on detection quality of a reduced-precision deployment (percentage points).
     "metric_fp16": Tolerance(0.1, "points", "AUC / AP change against fp32 on the demo test set"),
     "metric_int8": Tolerance(0.1, "points", "AUC / AP change against fp32 on the demo test set"),

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import click
 
 from ..atomic import atomic_write_json
+from ..config import PRESETS
 
 DATASETS = ("ucf", "xd", "shanghaitech", "demo")
 
@@ -115,7 +116,7 @@ Exit status:
 @click.option("--snippets", type=click.Path(dir_okay=False, path_type=Path), metavar="CSV",
               help="CSV video,snippets giving each test video's T (default <root>/test_snippets.csv "
                    "if present, else read from the feature files).")
-@click.option("--preset", type=click.Choice(("ucf", "xd", "shanghaitech")),
+@click.option("--preset", type=click.Choice(sorted(PRESETS)),
               help="Model preset for a bare (published) state_dict; default: the dataset's.")
 @click.option("--device", default="auto", show_default=True, metavar="DEVICE",
               help="auto (CUDA when present), cpu, cuda or cuda:N.")

@@ -7,9 +7,15 @@ enforces, with SIGKILL. The budget is derived from what is left under every limi
 applies, so a run stays inside its container instead of losing its work to the OOM killer.
 
     budget = memory_budget("cpu")
-    budget.bytes, budget.source      # e.g. 1.4 GiB, "cgroup v2 memory.max (/sys/fs/cgroup/...)"
+    budget.bytes, budget.limit.source  # e.g. 1.4 GiB, "cgroup v2 memory.max (/sys/fs/cgroup/...)"
+    budget = memory_budget("cpu", include_process=True)   # the whole process: RSS now + that share
+    given_budget(2 << 30, cap=memory_budget("cpu", fraction=1.0, include_process=True))
 
-psutil reads the host's memory; cgroup files are read directly (psutil does not read them).
+A budget that bounds the PROCESS (what `Scorer` holds) counts what the process already holds:
+derived, it is the RSS now plus a share of what is free (`include_process=True`); given
+(--memory-budget), it is taken as the whole process's bound, capped at what the tightest limit
+allows, since beyond that the kernel kills. psutil reads the host's memory; cgroup files are
+read directly (psutil does not read them).
 """
 from __future__ import annotations
 
@@ -41,16 +47,39 @@ class Limit:
 
 @dataclass(frozen=True)
 class MemoryBudget:
-    """The bytes a run may use and the limit that set them."""
+    """The bytes a run may use and the limit that set them.
+
+    in_use: bytes the process held when the budget was derived with include_process=True,
+    counted inside `bytes` (bytes = in_use + fraction x what is free under `limit`).
+    given: the bytes the user asked for (--memory-budget), when the budget was given;
+    `bytes` is smaller when the tightest limit capped it.
+    """
 
     bytes: int
     limit: Limit               # the tightest limit
     fraction: float            # of limit.available
     limits: tuple[Limit, ...]  # every limit read
+    in_use: int = 0
+    given: int | None = None
+
+    @property
+    def source(self) -> str:
+        return self.limit.source
+
+    @property
+    def capped(self) -> bool:
+        return self.given is not None and self.bytes < self.given
 
     def describe(self) -> str:
-        return (f"{human_bytes(self.bytes)} ({self.fraction:.0%} of what is free under the tightest limit, "
-                f"{self.limit.describe()})")
+        if self.given is not None and not self.capped:
+            return f"{human_bytes(self.bytes)} (given, --memory-budget)"
+        share = f"{self.fraction:.0%} of what is free under the tightest limit, {self.limit.describe()}"
+        if self.capped:
+            return (f"{human_bytes(self.bytes)} (given {human_bytes(self.given)}, capped at "
+                    f"{human_bytes(self.in_use)} in use + {share})")
+        if self.in_use:
+            return f"{human_bytes(self.bytes)} for the process ({human_bytes(self.in_use)} in use + {share})"
+        return f"{human_bytes(self.bytes)} ({share})"
 
 
 def _read_int(path: Path) -> int | None:
@@ -169,10 +198,15 @@ FALLBACK_BYTES = 4 << 30
 
 
 def memory_budget(device: str = "cpu", *, fraction: float = DEFAULT_FRACTION, device_id: int = 0,
-                  root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> MemoryBudget:
+                  root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP,
+                  include_process: bool = False) -> MemoryBudget:
     """`fraction` of what is free under the tightest limit that applies: the cgroup limits
     over this process, the host's MemAvailable, and on CUDA the device's free memory.
-    4 GiB, said so, when none can be read."""
+    4 GiB, said so, when none can be read.
+
+    include_process: on "cpu", add what this process holds now (its RSS, already not free),
+    so that `bytes` bounds the whole process's RSS rather than its growth from here. On
+    CUDA the budget is device memory and the process's host RSS is not added."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction = {fraction}; expected a share in (0, 1]")
     limits = list(cgroup_limits(root, proc_cgroup))
@@ -188,13 +222,22 @@ def memory_budget(device: str = "cpu", *, fraction: float = DEFAULT_FRACTION, de
                          FALLBACK_BYTES)
         return MemoryBudget(FALLBACK_BYTES, fallback, 1.0, (fallback,))
     tightest = min(limits, key=lambda lim: lim.available)
-    return MemoryBudget(int(tightest.available * fraction), tightest, fraction, tuple(limits))
+    in_use = process_rss() if include_process and device != "cuda" else 0
+    return MemoryBudget(in_use + int(tightest.available * fraction), tightest, fraction, tuple(limits),
+                        in_use=in_use)
 
 
-def given_budget(nbytes: int) -> MemoryBudget:
-    """A budget the user set (--memory-budget / memory_budget=)."""
-    lim = Limit("given (--memory-budget)", int(nbytes))
-    return MemoryBudget(int(nbytes), lim, 1.0, (lim,))
+def given_budget(nbytes: int, cap: MemoryBudget | None = None) -> MemoryBudget:
+    """A budget the user set (--memory-budget / memory_budget=), for the whole process.
+
+    cap: what the tightest limit allows (memory_budget(device, fraction=1.0,
+    include_process=True)); a given budget above it is lowered to it and says so, because
+    past it the kernel kills the process whatever the user asked for."""
+    n = int(nbytes)
+    if cap is not None and cap.bytes < n:
+        return MemoryBudget(cap.bytes, cap.limit, cap.fraction, cap.limits, in_use=cap.in_use, given=n)
+    lim = Limit("given (--memory-budget)", n)
+    return MemoryBudget(n, lim, 1.0, (lim,), given=n)
 
 
 def process_rss() -> int:

@@ -12,6 +12,8 @@ so `import bnwvad.runtime` needs numpy only.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -152,12 +154,59 @@ def resolve_backend(path: Path, backend: str, available: list[str] | None = None
     return backend
 
 
+# -- ONNX Runtime's CPU arena and the memory budget ---------------------------------------------
+# Measured on the exported published model (D = 1024, E = 512), ONNX Runtime 1.32 CPU, 2 threads,
+# one call in a fresh process: peak RSS (VmHWM) over the RSS after loading the model (98 MiB),
+# MiB, and its ratio to estimate_bytes (bnwvad.runtime.scoring):
+#
+#     C x T       estimate   arena on       arena off
+#     1 x 3000       432      473 (1.09)     409 (0.95)
+#     1 x 4000       713      972 (1.36)     680 (0.95)
+#     1 x 4096       744     1015 (1.36)
+#     1 x 5790      1388     1978 (1.42)
+#     1 x 6000      1482     1735 (1.17)    1412 (0.95)
+#     1 x 7000      1969     2302 (1.17)    1929 (0.98)
+#     1 x 9000      3150     3811 (1.21)    2992 (0.95)
+#     5 x 1000       377      286 (0.76)
+#     5 x 2000      1097      910 (0.83)
+#
+# The arena grows in regions that double in size, so its overshoot peaks where the attention
+# tensors (16 T^2 bytes) just fit a power of two (T = 4096, 5793): up to 1.42x. Without the
+# arena the estimate holds (<= 0.98x) but calls are slower. Seconds per call, median of 5,
+# the three modes interleaved in one process (a busy 2-core machine):
+#
+#     N x C x T      arena     arena + shrink after     arena off
+#     1 x 5 x 64     0.311          0.325                 0.380
+#     1 x 1 x 2000   2.46           2.49                  2.78
+#     1 x 5 x 1000   3.34           3.54                  3.67
+#     1 x 1 x 4000   8.25           8.68                  9.70
+#
+# Decision:
+#   - the arena stays on, and a call whose estimate exceeds SHRINK_ABOVE shrinks it when it
+#     ends (run option memory.enable_memory_arena_shrinkage = "cpu:0"): RSS is back at
+#     105-120 MiB after a T = 6000 or 9000 call instead of holding 1.8 / 3.8 GiB, for 1-6%;
+#   - such a call is planned at ARENA_PEAK x its estimate, and the process keeps ARENA_HELD
+#     in reserve for what the arena holds from the smaller calls it does not shrink after
+#     (measured: 56 MiB after 60 calls of up to 62 MiB estimated);
+#   - a crop that fits the budget only without the arena's overshoot runs through a second,
+#     arena-free session (made on first use; PLAIN_SESSION_BYTES reserved, 30 MiB measured),
+#     planned at PLAIN_PEAK x its estimate: 4-17% slower, but scored instead of refused.
+ARENA_PEAK = 1.5
+PLAIN_PEAK = 1.05
+SHRINK_ABOVE = 64 << 20
+ARENA_HELD = int(ARENA_PEAK * SHRINK_ABOVE)
+PLAIN_SESSION_BYTES = 48 << 20
+_SHRINK_KEY = "memory.enable_memory_arena_shrinkage"
+
+
 class OrtRunner(BaseRunner):
     """An .onnx model through an ONNX Runtime InferenceSession.
 
     threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
-    arena: ONNX Runtime's CPU memory arena. It keeps the largest batch's buffers for reuse
-    (faster, but the process holds its peak); off returns memory after each call.
+    arena: ONNX Runtime's CPU memory arena. It keeps a call's buffers for reuse (faster); on
+    CPU a call whose estimated working set exceeds SHRINK_ABOVE returns them when it ends,
+    and `run(..., arena=False)` runs a call through an arena-free session (see ARENA_PEAK
+    above for the measurements). Off: every call returns its memory; slower.
     trt_options: extra TensorRT-provider options (strings), e.g. {"trt_engine_cache_path": dir}.
     trt_max_shape: (N, C, T) the TensorRT provider's profile must cover.
     session_config: extra ONNX Runtime session config entries (add_session_config_entry).
@@ -191,6 +240,10 @@ class OrtRunner(BaseRunner):
                 raise BackendError(f"threads = {threads}; expected 0 (ONNX Runtime's default) or more")
             so.intra_op_num_threads = int(threads)
         so.enable_cpu_mem_arena = bool(arena)
+        self.arena = bool(arena)
+        self._so_args = (threads, dict(session_config or {}))
+        self._plain = None          # the arena-free session, made on first use
+        self._local = threading.local()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3   # errors only: a fallback is reported by us, with the fix
         for key, value in (session_config or {}).items():
@@ -225,6 +278,59 @@ class OrtRunner(BaseRunner):
         if self.requested == "ort-trt" and self.backend == "ort-trt":
             n, c, t = trt_max_shape
             self.limits = ShapeLimits(max_n=n, max_c=c, max_t=t)
+        self._shrink = None         # RunOptions that shrink the CPU arena, made on first use
+
+    # -- memory: what a call costs the process (see ARENA_PEAK) -------------------------------
+    @property
+    def can_drop_arena(self) -> bool:
+        """A call may run without the arena (`run(..., arena=False)`): CPU with the arena on."""
+        return self.arena and self.device == "cpu"
+
+    @property
+    def reserve_bytes(self) -> int:
+        """Memory the process may hold besides its model and the current call: what the arena
+        keeps from calls it does not shrink after, and the arena-free session once made."""
+        if self.device != "cpu" or not self.arena:
+            return 0
+        return ARENA_HELD + PLAIN_SESSION_BYTES
+
+    def peak_bytes(self, estimate: int, arena: bool = True) -> int:
+        """Peak RSS a call with working-set `estimate` (estimate_bytes) adds to the process.
+        GPU providers: the estimate (device memory; the default budget's fraction covers
+        their allocator)."""
+        if self.device != "cpu":
+            return int(estimate)
+        factor = ARENA_PEAK if (self.arena and arena) else PLAIN_PEAK
+        return int(math.ceil(estimate * factor))
+
+    def run(self, features, lengths, *, check: bool = True, arena: bool = True) -> dict[str, np.ndarray]:
+        """As BaseRunner.run; arena=False runs this call without ONNX Runtime's arena (CPU)."""
+        self._local.arena = arena
+        try:
+            return super().run(features, lengths, check=check)
+        finally:
+            self._local.arena = True
+
+    def _shrink_options(self):
+        if self._shrink is None:
+            self._shrink = _import_ort().RunOptions()
+            self._shrink.add_run_config_entry(_SHRINK_KEY, "cpu:0")
+        return self._shrink
+
+    def _plain_session(self):
+        if self._plain is None:
+            ort = _import_ort()
+            threads, config = self._so_args
+            so = ort.SessionOptions()
+            if threads is not None:
+                so.intra_op_num_threads = int(threads)
+            so.enable_cpu_mem_arena = False
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.log_severity_level = 3
+            for key, value in config.items():
+                so.add_session_config_entry(str(key), str(value))
+            self._plain = self._make_session(ort, so, ["CPUExecutionProvider"])
+        return self._plain
 
     def _make_session(self, ort, so, providers):
         return ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
@@ -271,11 +377,21 @@ class OrtRunner(BaseRunner):
     def _run(self, features, lengths):
         feed = {"features": features.astype(self._feature_type, copy=False),
                 "lengths": lengths.astype(self._lengths_type, copy=False)}
-        values = self.session.run(list(OUTPUTS), feed)
+        session, options = self.session, None
+        if self.can_drop_arena and not getattr(self._local, "arena", True):
+            session = self._plain_session()
+        elif self.can_drop_arena:
+            from .scoring import estimate_bytes
+
+            n, c, t, _ = features.shape
+            if estimate_bytes(n * c, t, self.meta) > SHRINK_ABOVE:
+                options = self._shrink_options()     # give the arena's memory back when this call ends
+        values = session.run(list(OUTPUTS), feed, options)
         return dict(zip(OUTPUTS, values))
 
     def close(self) -> None:
         self.session = None
+        self._plain = None
 
 
 class TensorRTRunner(BaseRunner):

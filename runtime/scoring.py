@@ -12,6 +12,13 @@ budget by packing fewer videos; a video whose C crops do not fit together is sco
 chunks whose outputs are averaged with weights chunk/C (the model's outputs are crop means,
 a linear map of per-crop outputs); a video whose single crop does not fit fails with
 MemoryBudgetError giving the bytes it needs.
+
+The budget bounds the whole process (DESIGN.md, "Deployment conditions"): a call may use
+    budget - baseline (the process's RSS once the model is loaded) - reserve
+where the reserve is SAFETY_BYTES plus what the runner may hold between calls (ONNX Runtime's
+arena, its arena-free session: OrtRunner.reserve_bytes), and a call costs the runner's peak
+for its estimate (OrtRunner.peak_bytes: the arena's overshoot counted) plus, for a video
+split into crop chunks, the whole video's features held across its calls.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from typing import Callable, ClassVar, Iterator, Protocol, Sequence
 import numpy as np
 
 from .errors import InputError, MemoryBudgetError, human_bytes
-from .memory import DEFAULT_FRACTION, memory_budget
+from .memory import DEFAULT_FRACTION, MemoryBudget, given_budget, memory_budget, process_rss
 from .contract import OUTPUTS, Runner
 from .metadata import ModelMeta
 from .validate import ShapeLimits
@@ -42,6 +49,10 @@ ACT_WIDTH_E = 15
 # N = 4 (the attention falls out of cache); T >= 400 gains nothing. GPUs want large calls:
 # there only the memory budget bounds them.
 CPU_MAX_ROWS = 1024
+# Process memory outside the calls and the runner that the budget leaves room for: results,
+# Python objects, a plot backend (matplotlib + a figure: 37 MiB measured), the page cache a
+# cgroup charges while features are read.
+SAFETY_BYTES = 64 << 20
 
 
 def estimate_bytes(rows: int, length: int, meta: ModelMeta) -> int:
@@ -54,6 +65,9 @@ def estimate_bytes(rows: int, length: int, meta: ModelMeta) -> int:
     attn = int((ATTN_COPIES * meta.heads + 2) * t * t)
     act = t * (ACT_WIDTH_E * meta.embed_dim + 3 * (meta.feature_dim or 1024))
     return int(rows) * (attn + act) * 4
+
+
+memory_budget_of = memory_budget      # the Scorer's own name for it (its argument shadows it)
 
 
 def default_memory_budget(device: str = "cpu", fraction: float = DEFAULT_FRACTION) -> int:
@@ -195,6 +209,8 @@ class Call:
     crops: tuple[int, int]          # [start, stop) crop range, the same for every video here
     length: int                     # padded T
     bytes: int                      # estimate_bytes of the call
+    peak: int = 0                   # what the call adds to the process, as planned (see plan_calls)
+    arena: bool = True              # False: through the runner's arena-free path
 
 
 @dataclass
@@ -207,16 +223,27 @@ class CallPlan:
 
 def plan_calls(lengths: Sequence[int], crops: Sequence[int], meta: ModelMeta, *, budget: int,
                max_batch: int = 32, min_fill: float = 0.75, max_rows: int | None = None,
-               limits: ShapeLimits | None = None) -> CallPlan:
+               limits: ShapeLimits | None = None, peak: Callable[[int], int] | None = None,
+               plain_peak: Callable[[int], int] | None = None,
+               budget_note: Callable[[int], str] | None = None, count_held: bool = False) -> CallPlan:
     """Pack videos (lengths[i], crops[i]) into calls, longest first.
 
     A call holds videos with the same C whose lengths are >= min_fill x its longest (so no
     video is padded past 1 / min_fill of its own length), at most max_batch videos, at most
-    max_rows = N * C * T rows (a video alone may exceed it), and an estimated working set
-    within `budget`; limits (a TensorRT profile) cap N, C and T.
+    max_rows = N * C * T rows (a video alone may exceed it), and a planned cost within
+    `budget`; limits (a TensorRT profile) cap N, C and T.
+
+    Cost of a call: peak(estimate_bytes) (default: the estimate itself), plus, with
+    count_held, for a video split into crop chunks its whole features (C x T x D float32,
+    held across its calls).
+    plain_peak: the cost on the runner's arena-free path, tried for a video none of whose
+    crops fits at `peak` (such calls have arena=False); None: no such path. budget_note(need)
+    ends a MemoryBudgetError's message (the Scorer explains its budget there).
     """
     lim = limits or ShapeLimits()
     cap_n = max(1, min(max_batch, lim.max_n or max_batch))
+    cost = peak or int
+    d = int(meta.feature_dim or 1024)
     order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
     plan = CallPlan([])
     by_crops: dict[int, list[int]] = {}
@@ -234,24 +261,41 @@ def plan_calls(lengths: Sequence[int], crops: Sequence[int], meta: ModelMeta, *,
                 k += 1
                 continue
             per_call_c = c if lim.max_c is None else min(c, lim.max_c)
-            need = estimate_bytes(per_call_c, t, meta)
+            need = cost(estimate_bytes(per_call_c, t, meta))
             if need > budget or per_call_c < c:
-                # Not even this video's C crops fit together: crop chunks, alone in their calls.
-                chunk = per_call_c
-                while chunk > 0 and estimate_bytes(chunk, t, meta) > budget:
-                    chunk -= 1
+                # Not even this video's C crops fit together: crop chunks, alone in their calls,
+                # its whole features held meanwhile.
+                held = c * t * d * 4 if count_held else 0
+
+                def fits(f, n):
+                    return f(estimate_bytes(n, t, meta)) + (held if n < c else 0) <= budget
+
+                chunk, arena = 0, True
+                for f, arena in ((cost, True), (plain_peak, False)):
+                    if f is None:
+                        continue
+                    chunk = per_call_c
+                    while chunk > 0 and not fits(f, chunk):
+                        chunk -= 1
+                    if chunk > 0:
+                        break
                 if chunk == 0:
-                    one = estimate_bytes(1, t, meta)
+                    one = (min(f(estimate_bytes(1, t, meta)) for f in (cost, plain_peak) if f is not None)
+                           + (held if c > 1 else 0))
+                    note = budget_note(one) if budget_note else (
+                        f"over the memory budget of {human_bytes(budget)} ({budget} bytes). Fix: raise the "
+                        f"budget (--memory-budget / memory_budget=) to at least {human_bytes(one)}")
                     plan.failures[first] = MemoryBudgetError(
                         f"video with T = {t} snippets needs {human_bytes(one)} ({one} bytes) to score "
-                        f"even one crop, over the memory budget of {human_bytes(budget)} ({budget} "
-                        f"bytes). Fix: raise the budget (--memory-budget / memory_budget=) to at least "
-                        f"{human_bytes(one)}, or split the video into shorter parts",
+                        f"even one crop, {note}, or split the video into shorter parts",
                         needed=one, budget=budget)
                 else:
+                    f = cost if arena else plain_peak
                     for s in range(0, c, chunk):
                         e = min(c, s + chunk)
-                        plan.calls.append(Call([first], (s, e), t, estimate_bytes(e - s, t, meta)))
+                        est = estimate_bytes(e - s, t, meta)
+                        plan.calls.append(Call([first], (s, e), t, est, f(est) + (held if e - s < c else 0),
+                                               arena=arena))
                 k += 1
                 continue
             members = [first]
@@ -262,11 +306,12 @@ def plan_calls(lengths: Sequence[int], crops: Sequence[int], meta: ModelMeta, *,
                     break
                 if max_rows is not None and (len(members) + 1) * c * t > max_rows:
                     break
-                if estimate_bytes((len(members) + 1) * c, t, meta) > budget:
+                if cost(estimate_bytes((len(members) + 1) * c, t, meta)) > budget:
                     break
                 members.append(nxt)
                 k += 1
-            plan.calls.append(Call(members, (0, c), t, estimate_bytes(len(members) * c, t, meta)))
+            est = estimate_bytes(len(members) * c, t, meta)
+            plan.calls.append(Call(members, (0, c), t, est, cost(est)))
     return plan
 
 
@@ -275,31 +320,93 @@ class Scorer:
 
         scorer = Scorer(load_runner("model.onnx"))
         results = scorer.score({"a": feats_a, "b": feats_b})   # (C, T, D) each -> [VideoResult]
+        scorer.budget.describe()     # e.g. "1.6 GiB for the process (98 MiB in use + 50% of ... cgroup ...)"
 
-    memory_budget: bytes a call may use (default: half the available RAM, or of free GPU
-    memory on CUDA backends). max_batch: videos per call. min_fill: shortest video in a call
-    relative to its longest (limits padding work). max_rows: N * C * T per call, "auto" =
-    CPU_MAX_ROWS on CPU backends and no limit on GPUs, None = no limit. crops: "model" requires the metadata's crop
-    count, an int requires that count, None accepts any (each video's crops are averaged).
+    memory_budget: what the whole process may hold, bytes, or a MemoryBudget (default: its RSS
+    now plus half of what is free under the tightest of its cgroup limits and MemAvailable,
+    or of free GPU memory on CUDA backends; bnwvad.runtime.memory). A given number is capped
+    at what the tightest limit allows. Each call then gets at most `call_budget` = budget -
+    baseline - reserve (see the module docstring). baseline: bytes the process holds outside
+    the calls (default: its RSS now on CPU backends; 0 on GPUs, whose budget is device memory);
+    reserve: room kept for everything else (default: SAFETY_BYTES plus the runner's
+    `reserve_bytes`, on CPU backends). call_budget: instead of memory_budget, the estimated
+    bytes (estimate_bytes) one call may use, nothing else counted: for callers that bound
+    the process themselves (the pre-#10 meaning of memory_budget).
+    max_batch: videos per call. min_fill: shortest video in a call relative to its longest
+    (limits padding work). max_rows: N * C * T per call, "auto" = CPU_MAX_ROWS on CPU backends
+    and no limit on GPUs, None = no limit. crops: "model" requires the metadata's crop count,
+    an int requires that count, None accepts any (each video's crops are averaged).
     """
 
-    def __init__(self, runner: Runner, *, memory_budget: int | None = None, max_batch: int = 32,
+    def __init__(self, runner: Runner, *, memory_budget: int | MemoryBudget | None = None, max_batch: int = 32,
                  min_fill: float = 0.75, max_rows: int | str | None = "auto",
-                 crops: int | str | None = "model"):
+                 crops: int | str | None = "model", baseline: int | None = None, reserve: int | None = None,
+                 call_budget: int | None = None):
+        if call_budget is not None and memory_budget is not None:
+            raise ValueError("give memory_budget (the process's) or call_budget (one call's), not both")
         if max_batch < 1:
             raise ValueError(f"max_batch = {max_batch}; expected >= 1")
         if not 0.0 <= min_fill <= 1.0:
             raise ValueError(f"min_fill = {min_fill}; expected a fraction in [0, 1]")
         self.runner = runner
         self.meta = runner.meta
-        self.memory_budget = int(memory_budget) if memory_budget else default_memory_budget(runner.device)
+        device = getattr(runner, "device", "cpu")
+        cpu = device == "cpu"
+        self._per_call = call_budget is not None
+        if self._per_call:
+            self.budget = given_budget(int(call_budget))
+            baseline, reserve = 0, 0
+        elif isinstance(memory_budget, MemoryBudget):
+            self.budget = memory_budget
+        elif memory_budget:
+            self.budget = given_budget(int(memory_budget),
+                                       cap=memory_budget_of(device, fraction=1.0, include_process=True))
+        else:
+            self.budget = memory_budget_of(device, include_process=True)
+        self.baseline = int(baseline) if baseline is not None else (process_rss() if cpu else 0)
+        self.reserve = (int(reserve) if reserve is not None else
+                        (SAFETY_BYTES + int(getattr(runner, "reserve_bytes", 0)) if cpu else 0))
         self.max_batch = int(max_batch)
         self.min_fill = float(min_fill)
         if max_rows == "auto":
-            max_rows = CPU_MAX_ROWS if runner.device == "cpu" else None
+            max_rows = CPU_MAX_ROWS if cpu else None
         self.max_rows = None if max_rows is None else int(max_rows)
         self.crops = self.meta.crops if crops == "model" else crops
-        self.stats = {"calls": 0, "videos": 0, "padded_rows": 0, "real_rows": 0}
+        self.stats = {"calls": 0, "videos": 0, "padded_rows": 0, "real_rows": 0, "plain_calls": 0}
+
+    @property
+    def memory_budget(self) -> int:
+        """The budget in bytes (the whole process's)."""
+        return self.budget.bytes
+
+    @memory_budget.setter
+    def memory_budget(self, nbytes: int) -> None:
+        self.budget = given_budget(int(nbytes))
+
+    @property
+    def call_budget(self) -> int:
+        """Bytes one call may add to the process: budget - baseline - reserve."""
+        return max(0, self.budget.bytes - self.baseline - self.reserve)
+
+    def call_bytes(self, rows: int, length: int, *, arena: bool = True) -> int:
+        """What a call of `rows` crop rows padded to `length` adds to the process, as planned:
+        the runner's peak for estimate_bytes (its arena counted), or the estimate itself."""
+        est = estimate_bytes(rows, length, self.meta)
+        peak = None if self._per_call else getattr(self.runner, "peak_bytes", None)
+        if peak is None:
+            return est
+        return int(peak(est, arena))
+
+    def _budget_note(self, need: int) -> str:
+        """The end of a MemoryBudgetError: the budget, where it came from, what is left of it
+        per call, and the budget that would fit."""
+        least = need + self.baseline + self.reserve
+        container = (", and the container's memory limit with it" if self.budget.limit.source.startswith("cgroup")
+                     else "")
+        return (f"over the {human_bytes(self.call_budget)} a call may use under the memory budget of "
+                f"{self.budget.describe()} (the process holds {human_bytes(self.baseline)}, "
+                f"{human_bytes(self.reserve)} kept in reserve). Fix: raise the budget (--memory-budget / "
+                f"memory_budget=) to at least {human_bytes(least)}{container}")
 
     # -- public -----------------------------------------------------------------
     def score(self, videos) -> list[VideoResult]:
@@ -340,9 +447,7 @@ class Scorer:
                 candidates.append(i)
         lengths = [sources[i].length for i in candidates]
         crops = [sources[i].crops for i in candidates]
-        plan = plan_calls(lengths, crops, self.meta, budget=self.memory_budget,
-                          max_batch=self.max_batch, min_fill=self.min_fill, max_rows=self.max_rows,
-                          limits=self.runner.limits)
+        plan = self.plan(lengths, crops)
         for j, err in plan.failures.items():
             i = candidates[j]
             done[i] = True
@@ -372,7 +477,7 @@ class Scorer:
             chunked = (e - s) < sources[members[0]].crops
             if chunked:
                 cache.update(feats)
-            out = self._run_call([feats[i][s:e] for i in feats])
+            out = self._run_call([feats[i][s:e] for i in feats], arena=call.arena)
             for row, i in enumerate(feats):
                 c_all = sources[i].crops
                 vals = {k: out[k][row, : sources[i].length] for k in OUTPUTS}
@@ -397,6 +502,26 @@ class Scorer:
                                   calls=calls)
                 if progress:
                     progress(1)
+
+    def plan(self, lengths: Sequence[int], crops: Sequence[int]) -> CallPlan:
+        """The calls that score videos of these lengths and crop counts within call_budget."""
+        peak = None if self._per_call else getattr(self.runner, "peak_bytes", None)
+        plain = None
+        if peak is not None and getattr(self.runner, "can_drop_arena", False):
+            plain = lambda est: int(peak(est, False))      # noqa: E731
+        plan = plan_calls(lengths, crops, self.meta, budget=self.call_budget,
+                          max_batch=self.max_batch, min_fill=self.min_fill, max_rows=self.max_rows,
+                          limits=getattr(self.runner, "limits", None),
+                          peak=(lambda est: int(peak(est, True))) if peak is not None else None,
+                          plain_peak=plain, budget_note=None if self._per_call else self._budget_note,
+                          count_held=not self._per_call)
+        if not self._per_call:
+            # In the process's terms: the budget it has, and the least one that would fit.
+            for err in plan.failures.values():
+                if isinstance(err, MemoryBudgetError):
+                    err.needed += self.baseline + self.reserve
+                    err.budget = self.memory_budget
+        return plan
 
     # -- internals ----------------------------------------------------------------
     def _as_sources(self, videos) -> list:
@@ -434,8 +559,9 @@ class Scorer:
         return check_features(s.name, a, crops=s.crops, length=s.length,
                               feature_dim=self.meta.feature_dim)
 
-    def _run_call(self, videos: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """videos: each (C', T_i, D), same C' -> outputs (N, T_max) per name."""
+    def _run_call(self, videos: list[np.ndarray], arena: bool = True) -> dict[str, np.ndarray]:
+        """videos: each (C', T_i, D), same C' -> outputs (N, T_max) per name. arena=False: the
+        runner's arena-free path (planned only where the runner has one)."""
         n, c = len(videos), videos[0].shape[0]
         t = max(v.shape[1] for v in videos)
         d = videos[0].shape[2]
@@ -446,7 +572,11 @@ class Scorer:
             lengths[row] = v.shape[1]
         # Each video was checked where it entered (header and values on load, crop count and
         # D against the model before planning; a chunk has fewer crops): the batch is valid.
-        out = self.runner.run(batch, lengths, check=False)
+        if arena:
+            out = self.runner.run(batch, lengths, check=False)
+        else:
+            out = self.runner.run(batch, lengths, check=False, arena=False)
+            self.stats["plain_calls"] += 1
         self.stats["calls"] += 1
         self.stats["videos"] += n
         self.stats["padded_rows"] += n * c * t

@@ -226,7 +226,7 @@ class StreamGroup:
         self.crops = crops
         budget = int(memory_budget) if memory_budget else default_memory_budget(runner.device)
         # The batch Scorer runs the calls: padding, lengths, crop chunks, unchecked runs.
-        self._scorer = Scorer(runner, memory_budget=budget, max_batch=self.max_batch, min_fill=0.0,
+        self._scorer = Scorer(runner, call_budget=budget, max_batch=self.max_batch, min_fill=0.0,
                               max_rows=max_rows, crops=None)
         self.memory_budget = self._scorer.memory_budget
         self.max_rows = self._scorer.max_rows

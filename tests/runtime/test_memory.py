@@ -91,3 +91,50 @@ def test_this_machine(tmp_path):
     b = memory_budget("cpu")
     assert 0 < b.bytes <= psutil.virtual_memory().available
     assert b.bytes == int(b.limit.available * 0.5) and b.limit in b.limits
+
+
+def test_a_process_budget_counts_what_the_process_holds(tmp_path, monkeypatch):
+    root, proc = _v2_tree(tmp_path, "/box", {"box": {"memory.max": str(3 * GIB), "memory.current": str(GIB)}})
+    monkeypatch.setattr(memory, "host_limit", lambda: memory.Limit("MemAvailable (host)", 20 * GIB, 24 * GIB))
+    monkeypatch.setattr(memory, "process_rss", lambda: GIB // 4)
+    b = memory_budget("cpu", root=root, proc_cgroup=proc, include_process=True)
+    # The RSS is already in memory.current, so not free: it is added back, and half the rest.
+    assert b.in_use == GIB // 4 and b.bytes == GIB // 4 + GIB
+    text = b.describe()
+    assert text.startswith("1.2 GiB for the process (256.0 MiB in use + 50% of what is free under the "
+                           "tightest limit, cgroup v2 memory.max"), text
+    assert str(root / "box") in text and b.source == b.limit.source
+    # On CUDA the budget is device memory: the host RSS is not added.
+    monkeypatch.setattr(memory, "gpu_limit", lambda device_id=0: memory.Limit("free GPU memory (device 0)", GIB))
+    g = memory_budget("cuda", root=root, proc_cgroup=proc, include_process=True)
+    assert g.in_use == 0 and g.bytes == GIB // 2
+
+
+def test_a_given_budget_is_capped_by_the_tightest_limit_and_says_so(tmp_path, monkeypatch):
+    root, proc = _v2_tree(tmp_path, "/box", {"box": {"memory.max": str(3 * GIB), "memory.current": str(GIB)}})
+    monkeypatch.setattr(memory, "host_limit", lambda: memory.Limit("MemAvailable (host)", 20 * GIB, 24 * GIB))
+    monkeypatch.setattr(memory, "process_rss", lambda: GIB // 2)
+    cap = memory_budget("cpu", fraction=1.0, root=root, proc_cgroup=proc, include_process=True)
+    assert cap.bytes == GIB // 2 + 2 * GIB
+    small = memory.given_budget(2 * GIB, cap=cap)
+    assert small.bytes == 2 * GIB and not small.capped and small.describe() == "2.0 GiB (given, --memory-budget)"
+    big = memory.given_budget(10 * GIB, cap=cap)
+    assert big.bytes == cap.bytes and big.capped and big.given == 10 * GIB
+    assert big.describe().startswith("2.5 GiB (given 10.0 GiB, capped at 512.0 MiB in use + 100% of what is "
+                                     "free under the tightest limit, cgroup v2 memory.max"), big.describe()
+    assert memory.given_budget(10 * GIB).bytes == 10 * GIB           # no cap: taken as given
+
+
+def test_cgroup_v1_nested_path_from_proc_self_cgroup(tmp_path):
+    # What a child cgroup made under the v1 root looks like (tests/runtime/test_memory_cgroup.py runs one).
+    root = tmp_path / "cgroup"
+    d = root / "memory" / "bnwvad-test"
+    d.mkdir(parents=True)
+    (d / "memory.limit_in_bytes").write_text(str(3 * GIB // 2))
+    (d / "memory.usage_in_bytes").write_text(str(GIB // 8))
+    (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712")
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text("9:name=systemd:/\n4:memory:/bnwvad-test\n0::/\n")    # hybrid: v2 root has no controllers file
+    (lim,) = cgroup_limits(root, proc)
+    assert lim.available == 3 * GIB // 2 - GIB // 8 and lim.total == 3 * GIB // 2
+    assert lim.source == f"cgroup v1 memory.limit_in_bytes ({d})"

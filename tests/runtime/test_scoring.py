@@ -64,7 +64,7 @@ def test_memory_budget_splits_batches_then_crops_with_identical_results(runner):
     # Room for exactly one crop row of the longest video: every call holds one video, and
     # videos with T near 40 are split into crop chunks.
     budget = estimate_bytes(1, 40, runner.meta)
-    scorer = Scorer(runner, max_batch=16, min_fill=0.0, memory_budget=budget)
+    scorer = Scorer(runner, max_batch=16, min_fill=0.0, call_budget=budget)
     tight = scorer.score(vids)
     assert max(r.calls for r in tight) == TOY_CROPS               # the T = 40 video: 3 chunks of one crop
     assert scorer.stats["calls"] > len(vids)
@@ -72,7 +72,7 @@ def test_memory_budget_splits_batches_then_crops_with_identical_results(runner):
         for k in ("score", "dfm", "anomaly"):
             np.testing.assert_allclose(getattr(b, k), getattr(a, k), rtol=1e-6, atol=1e-7)
     # A budget fitting two rows of T = 40 splits that video's 3 crops as 2 + 1.
-    two = Scorer(runner, memory_budget=estimate_bytes(2, 40, runner.meta)).score({"v5": vids["v5"]})[0]
+    two = Scorer(runner, call_budget=estimate_bytes(2, 40, runner.meta)).score({"v5": vids["v5"]})[0]
     assert two.calls == 2
     np.testing.assert_allclose(two.anomaly, free[5].anomaly, rtol=1e-6, atol=1e-7)
 
@@ -80,7 +80,7 @@ def test_memory_budget_splits_batches_then_crops_with_identical_results(runner):
 def test_a_crop_too_large_for_the_budget_fails_with_the_memory_it_needs(runner):
     vids = videos([40, 3])
     need = estimate_bytes(1, 40, runner.meta)
-    scorer = Scorer(runner, memory_budget=need - 1)
+    scorer = Scorer(runner, call_budget=need - 1)
     with pytest.raises(MemoryBudgetError, match=rf"needs .* \({need} bytes\) to score even one crop, over "
                                                 rf"the memory budget of .* \({need - 1} bytes\)") as e:
         scorer.score(vids)
@@ -175,7 +175,7 @@ def test_the_scorer_runs_validated_batches_unchecked_once_per_call(runner):
     vids = videos()
     for budget in (None, estimate_bytes(1, 40, runner.meta)):        # batches, then crop chunks too
         spy = _Spy(runner)
-        scorer = Scorer(spy, max_batch=4, min_fill=0.0, memory_budget=budget)
+        scorer = Scorer(spy, max_batch=4, min_fill=0.0, call_budget=budget)
         got = scorer.score(vids)
         assert scorer.stats["calls"] > 1
         assert spy.calls == [{"check": False}] * scorer.stats["calls"]
@@ -266,7 +266,7 @@ def test_real_model_batched_equals_one_at_a_time(xd_runner, reference_dir):
 def test_real_model_crop_chunks_equal_the_whole(xd_runner, reference_dir):
     base = np.load(reference_dir / "infer_xd_5crop_T137.npz")["features"]
     whole = Scorer(xd_runner).score({"v": base})[0]
-    split = Scorer(xd_runner, memory_budget=estimate_bytes(2, 137, xd_runner.meta)).score({"v": base})[0]
+    split = Scorer(xd_runner, call_budget=estimate_bytes(2, 137, xd_runner.meta)).score({"v": base})[0]
     assert split.calls == 3
     for k in ("score", "dfm", "anomaly"):
         assert check("padding", getattr(split, k), getattr(whole, k))[1]
@@ -279,3 +279,100 @@ def test_max_rows_caps_a_call_but_never_splits_a_video(runner):
         assert len(call.videos) == 1 or len(call.videos) * 3 * call.length <= 100
     assert sorted(i for c in plan.calls for i in c.videos) == list(range(len(LENGTHS)))
     assert Scorer(runner).max_rows == 1024 and Scorer(runner, max_rows=None).max_rows is None
+
+
+# -- the budget bounds the process (#10) ----------------------------------------------------------
+def test_a_given_budget_bounds_the_process_baseline_reserve_and_arena_counted(runner, monkeypatch):
+    import math
+
+    from bnwvad.runtime import memory, scoring
+    from bnwvad.runtime.memory import MemoryBudget
+    from bnwvad.runtime.runners import ARENA_HELD, ARENA_PEAK, PLAIN_PEAK, PLAIN_SESSION_BYTES
+
+    monkeypatch.setattr(memory, "process_rss", lambda: 100 << 20)
+    monkeypatch.setattr(scoring, "process_rss", lambda: 100 << 20)
+    s = Scorer(runner, memory_budget=2 << 30)
+    assert isinstance(s.budget, MemoryBudget) and s.memory_budget == 2 << 30 and s.budget.given == 2 << 30
+    assert s.baseline == 100 << 20
+    assert s.reserve == scoring.SAFETY_BYTES + ARENA_HELD + PLAIN_SESSION_BYTES == runner.reserve_bytes + (64 << 20)
+    assert s.call_budget == (2 << 30) - s.baseline - s.reserve
+    est = estimate_bytes(1, 40, runner.meta)
+    assert s.call_bytes(1, 40) == math.ceil(est * ARENA_PEAK)
+    assert s.call_bytes(1, 40, arena=False) == math.ceil(est * PLAIN_PEAK)
+    # Derived: this process's RSS plus half of what is free under the tightest limit, named.
+    cg = memory.Limit("cgroup v1 memory.limit_in_bytes (/x)", 1 << 30, 3 << 29)
+    monkeypatch.setattr(memory, "cgroup_limits", lambda *a: [cg])
+    d = Scorer(runner)
+    assert d.memory_budget == (100 << 20) + (1 << 29) and "cgroup v1 memory.limit_in_bytes (/x)" in d.budget.describe()
+    # A given budget over that limit is capped at it (the kernel would kill past it).
+    g = Scorer(runner, memory_budget=8 << 30)
+    assert g.memory_budget == (100 << 20) + (1 << 30) and g.budget.capped and "capped" in g.budget.describe()
+    with pytest.raises(ValueError, match="not both"):
+        Scorer(runner, memory_budget=1 << 30, call_budget=1 << 20)
+
+
+def test_a_crop_that_fits_only_without_the_arena_runs_on_the_arena_free_session(runner):
+    vids = videos([40, 12])
+    free = Scorer(runner, min_fill=0.0).score(vids)
+    held = TOY_CROPS * 40 * TOY_D * 4          # a chunked video's features, held across its calls
+    probe = Scorer(runner, memory_budget=1 << 30, baseline=0, reserve=0)
+    budget = probe.call_bytes(1, 40, arena=False) + held
+    assert probe.call_bytes(1, 40) + held > budget                 # with the arena: not even one crop
+    spy = _Spy(runner)
+    s = Scorer(spy, memory_budget=budget, baseline=0, reserve=0, min_fill=0.0)
+    assert s.call_budget == budget
+    plan = s.plan([40, 12], [TOY_CROPS, TOY_CROPS])
+    assert [c.arena for c in plan.calls if c.length == 40] == [False] * TOY_CROPS
+    assert all(c.peak <= budget for c in plan.calls)
+    got = s.score(vids)
+    assert s.stats["plain_calls"] == TOY_CROPS and {"check": False, "arena": False} in spy.calls
+    assert runner._plain is not None and not runner._plain.get_session_options().enable_cpu_mem_arena
+    for a, b in zip(free, got):
+        np.testing.assert_allclose(b.anomaly, a.anomaly, rtol=1e-6, atol=1e-7)
+
+
+def test_a_crop_over_the_process_budget_fails_naming_the_budget_and_its_source(runner, monkeypatch):
+    from bnwvad.runtime import memory
+
+    monkeypatch.setattr(memory, "cgroup_limits",
+                        lambda *a: [memory.Limit("cgroup v2 memory.max (/sys/fs/cgroup/box)", 1 << 20, 1 << 30)])
+    monkeypatch.setattr(memory, "process_rss", lambda: 0)
+    s = Scorer(runner, baseline=0, reserve=1000)            # derived: half of 1 MiB, from the cgroup
+    need = s.call_bytes(1, 400, arena=False) + TOY_CROPS * 400 * TOY_D * 4
+    assert need > s.call_budget
+    out = list(s.iter_results([ArraySource("long", videos([400])["v0"]), ArraySource("ok", videos([5])["v0"])]))
+    (fail,) = [r for r in out if isinstance(r, VideoFailure)]
+    assert fail.name == "long" and isinstance(fail.error, MemoryBudgetError)
+    msg = fail.message
+    assert f"({need} bytes) to score even one crop" in msg and "cgroup v2 memory.max (/sys/fs/cgroup/box)" in msg
+    assert "raise the budget (--memory-budget / memory_budget=) to at least" in msg and "split the video" in msg
+    assert fail.error.needed == need + 1000 and fail.error.budget == s.memory_budget
+    assert [r.name for r in out if not isinstance(r, VideoFailure)] == ["ok"]
+
+
+class _RecordingSession:
+    def __init__(self, session):
+        self._s, self.options = session, []
+
+    def run(self, names, feed, options=None):
+        self.options.append(options)
+        return self._s.run(names, feed, options)
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
+def test_large_calls_shrink_the_arena_small_ones_keep_it(toy_onnx):
+    from bnwvad.runtime.runners import SHRINK_ABOVE
+
+    r = load_runner(toy_onnx, "ort-cpu", threads=1)
+    r.session = rec = _RecordingSession(r.session)
+    small = np.zeros((1, TOY_CROPS, 20, TOY_D), np.float32)
+    t = 2400
+    assert estimate_bytes(1, t, r.meta) > SHRINK_ABOVE > estimate_bytes(TOY_CROPS, 20, r.meta)
+    r.run(small, np.array([20]))
+    r.run(np.zeros((1, 1, t, TOY_D), np.float32), np.array([t]), check=False)
+    assert rec.options[0] is None
+    assert rec.options[1].get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    off = load_runner(toy_onnx, "ort-cpu", threads=1, arena=False)
+    assert not off.can_drop_arena and off.reserve_bytes == 0 and off.peak_bytes(1000) == 1050

@@ -105,6 +105,18 @@ def _profile(shapes, crops):
     return Profile(lo or d.min, opt or d.opt, hi or d.max)
 
 
+def _window_shapes(shapes, window, lookahead, step, streams, onnx_file):
+    """(min, opt, max) for windowed scoring: T up to the window span, N up to `streams`; an
+    explicit --min/--opt/--max-shape still wins."""
+    from bnwvad.runtime.metadata import meta_from_props, onnx_metadata_props
+    from bnwvad.runtime.stream import window_span
+
+    span = window_span(window, lookahead, step)
+    crops = meta_from_props(onnx_metadata_props(onnx_file), str(onnx_file)).crops or 10
+    lo, opt, hi = shapes
+    return (lo or (1, 1, 1), opt or (min(8, streams), crops, span), hi or (streams, crops, span))
+
+
 def _shapes(min_shape, opt_shape, max_shape):
     return (_shape(min_shape, "--min-shape"), _shape(opt_shape, "--opt-shape"), _shape(max_shape, "--max-shape"))
 
@@ -218,11 +230,25 @@ def _export(checkpoint, output, preset, fp16, int8, opset, no_verify, external_d
 @click.option("--no-verify", is_flag=True, help="Skip running the engine against the reference.")
 @click.option("--device", default="cuda", show_default=True, metavar="DEVICE",
               help="CUDA device to build and verify on.")
+@click.option("--window", type=click.IntRange(min=1), default=None, metavar="W",
+              help="Build for windowed / streaming scoring (bnwvad-infer --window, bnwvad-stream): the "
+                   "profile's T becomes the window span W-1+S+L (smaller, faster engines).")
+@click.option("--lookahead", type=click.IntRange(min=0), default=0, show_default=True, metavar="L",
+              help="With --window: snippets of lookahead.")
+@click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, metavar="S",
+              help="With --window: snippets scored per call.")
+@click.option("--streams", type=click.IntRange(min=1), default=32, show_default=True, metavar="N",
+              help="With --window: most windows (streams' blocks) per call, the profile's max N.")
 @_with(_profile_options)
-def engine_cmd(onnx_file, output, checkpoint, preset, no_verify, device, min_shape, opt_shape, max_shape,
-               timing_cache, workspace):
-    """Build a TensorRT engine (strongly typed; fp16 from an --fp16 export) from ONNX_FILE."""
+def engine_cmd(onnx_file, output, checkpoint, preset, no_verify, device, window, lookahead, step, streams,
+               min_shape, opt_shape, max_shape, timing_cache, workspace):
+    """Build a TensorRT engine (strongly typed; fp16 from an --fp16 export) from ONNX_FILE.
+
+    The .onnx file is the same for whole-video and windowed scoring (T is dynamic); --window only
+    shapes the engine's optimisation profile around the window's span."""
     shapes = _shapes(min_shape, opt_shape, max_shape)
+    if window is not None:
+        shapes = _window_shapes(shapes, window, lookahead, step, streams, onnx_file)
     with _outputs(("-o/--output", output), ("--timing-cache", timing_cache)):
         _engine(onnx_file, output, checkpoint, preset, no_verify, device, shapes, timing_cache, workspace)
 

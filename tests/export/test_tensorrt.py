@@ -94,3 +94,13 @@ def test_engine_matches_pytorch_on_the_gpu(reference_dir, official_fp32, officia
         got = runner.run(f[None], np.array([f.shape[1]], np.int64))["anomaly"][0]
     err, ok = check(tolerance_for(precision, "tensorrt"), got, want)
     assert ok, err
+
+
+def test_window_options_shape_the_engine_profile_around_the_window_span(tmp_path, tiny):
+    from bnwvad.export import export_onnx
+    from bnwvad.export.cli import _window_shapes
+
+    onnx_path = export_onnx(tiny(), tmp_path / "m.onnx", preset="xd", verify=False).path
+    lo, opt, hi = _window_shapes((None, None, None), 64, 4, 8, 20, onnx_path)
+    assert lo == (1, 1, 1) and opt == (8, 5, 75) and hi == (20, 5, 75)          # span = 64 - 1 + 8 + 4
+    assert _window_shapes((None, None, (2, 5, 100)), 64, 4, 8, 20, onnx_path)[2] == (2, 5, 100)

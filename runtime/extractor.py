@@ -32,7 +32,7 @@ import numpy as np
 
 from .contract import FRAMES_PER_SNIPPET
 from .errors import InputError, ModelLoadError
-from .metadata import onnx_metadata_props
+from .metadata import decode_value, onnx_metadata_props
 from .runners import OrtRunner
 from .video import (CROP_COUNTS, CROP_SIZE, SHORT_SIDE, Snippet, VideoReader, iter_frame_snippets,
                     snippet_clips)
@@ -92,20 +92,11 @@ class ExtractorMeta:
         return (self.channels, self.frames_per_snippet, self.input_size, self.input_size)
 
 
-def _decode(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except (ValueError, TypeError):
-        return value
-
-
 def extractor_meta_from_props(props: Mapping[str, Any], source: str, *,
                               dim_hint: int | None = None) -> ExtractorMeta:
     """ExtractorMeta from metadata_props (JSON text or decoded); ModelLoadError when the file
     is not an extractor export or its fields are not of the documented form."""
-    raw = {str(k): _decode(v) for k, v in props.items()}
+    raw = {str(k): decode_value(v) for k, v in props.items()}
     fmt = raw.get("format")
     if fmt != EXTRACTOR_FORMAT:
         what = ("a BN-WVAD detector graph (score it with bnwvad-infer)" if fmt == "bnwvad-onnx"

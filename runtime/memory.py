@@ -150,24 +150,21 @@ def cgroup_limits(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> 
     """Every cgroup memory limit over this process (v2 and v1), with what is free under it:
     limit - usage + inactive page cache."""
     v2, v1 = _own_cgroups(proc_cgroup)
-    limits: list[Limit] = []
+    # (version, base folder, own path, limit file, usage file, reclaimable key in memory.stat)
+    hierarchies = []
     if v2 is not None and (root / "cgroup.controllers").exists():
-        for d in _ancestors(root, v2):
-            top = _read_int(d / "memory.max")
-            used = _read_int(d / "memory.current")
-            if top is None or top >= _UNLIMITED:
-                continue
-            free = top - (used or 0) + _inactive_file(d / "memory.stat", "inactive_file")
-            limits.append(Limit(f"cgroup v2 memory.max ({d})", max(0, min(free, top)), top))
+        hierarchies.append(("v2", root, v2, "memory.max", "memory.current", "inactive_file"))
     if v1 is not None:
-        base = root / "memory"
-        for d in _ancestors(base, v1):
-            top = _read_int(d / "memory.limit_in_bytes")
-            used = _read_int(d / "memory.usage_in_bytes")
+        hierarchies.append(("v1", root / "memory", v1, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                            "total_inactive_file"))
+    limits: list[Limit] = []
+    for version, base, own, limit_file, usage_file, cache_key in hierarchies:
+        for d in _ancestors(base, own):
+            top = _read_int(d / limit_file)
             if top is None or top >= _UNLIMITED:
                 continue
-            free = top - (used or 0) + _inactive_file(d / "memory.stat", "total_inactive_file")
-            limits.append(Limit(f"cgroup v1 memory.limit_in_bytes ({d})", max(0, min(free, top)), top))
+            free = top - (_read_int(d / usage_file) or 0) + _inactive_file(d / "memory.stat", cache_key)
+            limits.append(Limit(f"cgroup {version} {limit_file} ({d})", max(0, min(free, top)), top))
     return limits
 
 

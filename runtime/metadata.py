@@ -23,7 +23,7 @@ _FIELDS = {"feature_dim": "feature_dim", "crops": "crops", "frames_per_snippet":
            "format": "format", "format_version": "format_version"}
 
 
-def _decode(value: Any) -> Any:
+def decode_value(value: Any) -> Any:
     """metadata_props values are JSON text; anything that is not JSON stays a string."""
     if not isinstance(value, str):
         return value
@@ -105,7 +105,7 @@ def meta_from_props(props: Mapping[str, Any], source: str, *,
     feature_dim_hint: the D read off the graph's input shape, used when the metadata lacks
     it and checked against it when both are present.
     """
-    raw = {str(k): _decode(v) for k, v in props.items()}
+    raw = {str(k): decode_value(v) for k, v in props.items()}
     get = {name: raw.get(key) for name, key in _FIELDS.items()}
     if get["format"] is not None and get["format"] != FORMAT:
         raise ModelLoadError(f"{source}: metadata format = {get['format']!r}; expected {FORMAT!r} "

@@ -54,7 +54,7 @@ import numpy as np
 
 from .contract import OUTPUTS, Runner
 from .errors import InputError, MemoryBudgetError, human_bytes
-from .scoring import Scorer, VideoFailure, default_memory_budget, estimate_bytes
+from .scoring import ArraySource, Scorer, VideoFailure, default_memory_budget, estimate_bytes
 
 RESULT_DTYPE = np.dtype([("snippet", np.int64), ("score", np.float32), ("dfm", np.float32),
                          ("anomaly", np.float32), ("latency_ms", np.float64)])
@@ -99,26 +99,9 @@ def largest_window(meta, budget: int, *, crops: int = 1, lookahead: int = 0, ste
     return lo
 
 
-class _Window:
-    """One block's input window as a VideoSource of the batch Scorer (validated on push)."""
-
-    validated = True
-
-    def __init__(self, name: str, features: np.ndarray):
-        self.name = name
-        self.features = features                    # (C, T_w, D) float32
-
-    @property
-    def crops(self) -> int:
-        return int(self.features.shape[0])
-
-    @property
-    def length(self) -> int:
-        return int(self.features.shape[1])
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.features.shape[2])
+class _Window(ArraySource):
+    """One block's input window (C, T_w, D) float32 as a VideoSource of the batch Scorer;
+    its snippets were validated when they were pushed, so `load` checks nothing again."""
 
     def load(self) -> np.ndarray:
         return self.features

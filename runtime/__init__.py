@@ -7,7 +7,9 @@
     results[0].anomaly, results[0].frame_anomaly             # (T,), (16 T,)
 
 Imports numpy only; onnxruntime, tensorrt and matplotlib are imported when first needed.
-The command line is `bnwvad-infer` (bnwvad.runtime.cli).
+The command lines are `bnwvad-infer` (bnwvad.runtime.cli: feature files, or video files with
+--extractor) and `bnwvad-extract` (bnwvad.runtime.extract_cli: video files -> I3D features in the
+datasets' layout, resumable).
 """
 from .errors import BackendError, InputError, MemoryBudgetError, ModelLoadError, RuntimeFailure
 from .events import Calibration, Event, calibrate_threshold, find_events

@@ -1,6 +1,17 @@
 """bnwvad-infer: score feature files with an exported BN-WVAD model, without torch.
 
     bnwvad-infer FEATURES... --model model.onnx --out DIR [--threshold X | --calibrate NORMAL]
+    bnwvad-infer VIDEO.mp4... --extractor i3d.onnx --model model.onnx --out DIR [--crops C]
+
+Video files (by extension: .mp4 .mkv .avi .mov .webm .mpg .mpeg .m4v), given as such or found
+in a directory argument, are scored directly with --extractor (an I3D graph written by
+`bnwvad-export i3d`): decoded and extracted (bnwvad.runtime.extractor.extract_video, one video at
+a time, a progress bar each) with the detector's crop count (its metadata's, else --crops),
+then scored like feature files. summary.json records the extractor too (path, weights digest,
+precision) and per video its source, frame rate and extraction time; event times of a video
+input use its own frame rate (--video-fps when given). A video that cannot be decoded, is too
+short, or breaks mid-way is a failure naming the file (nothing of it is scored: extract it with
+bnwvad-extract to keep the snippets before the break).
 
 Outputs in DIR (each written atomically: temp file, then rename):
   <video>.npy    snippet anomaly scores (T,) float32, the format `bnwvad-eval --scores DIR` reads
@@ -31,12 +42,14 @@ from pathlib import Path
 
 import click
 
-from .errors import RuntimeFailure, parse_bytes, human_bytes
+from .errors import InputError, RuntimeFailure, parse_bytes, human_bytes
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _HELP_EPILOG = """FEATURES: .npy files ((T, D) one crop; (T, C, D) stacked crops), per-crop sets
-<video>__<k>.npy (grouped by name), directories of them, or list files (datasets' format).
+<video>__<k>.npy (grouped by name), directories of them, or list files (datasets' format);
+with --extractor also video files (.mp4 .mkv .avi .mov .webm .mpg .mpeg .m4v) and directories
+holding them.
 
 \b
 Exit status:
@@ -173,14 +186,29 @@ _PATH = dict(path_type=Path)
 @click.option("--min-event-snippets", type=click.IntRange(min=1), default=1, show_default=True,
               help="Shortest event reported, in snippets.")
 @click.option("--plot", is_flag=True, help="Write plots/<video>.png: score curve, threshold, events.")
+@click.option("--extractor", "extractor", default=None, metavar="FILE", type=click.Path(dir_okay=False, **_PATH),
+              help="I3D extractor (.onnx from `bnwvad-export i3d`): score VIDEO files directly "
+                   "(decoded with PyAV, the `video` extra).")
+@click.option("--video-fps", type=click.FloatRange(min=0.0, min_open=True), default=None, metavar="F",
+              help="With --extractor: resample video inputs to F fps first (default: every decoded frame).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-video lines.")
 @click.pass_context
 def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, device_id, sidecar, root,
          layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget, threshold,
-         calibrate, false_alarm_rate, fps, min_event_snippets, plot, quiet):
-    """Score video features with an exported BN-WVAD model (ONNX Runtime or TensorRT, no torch)."""
+         calibrate, false_alarm_rate, fps, min_event_snippets, plot, extractor, video_fps, quiet):
+    """Score video features (or, with --extractor, video files) with an exported BN-WVAD model
+    (ONNX Runtime or TensorRT, no torch)."""
+    from .inputs import is_video_path
     from .io import InterruptSignals
 
+    if extractor is None:
+        given = [str(p) for p in features if is_video_path(p) and not p.is_dir()]
+        if given:
+            raise click.UsageError(
+                f"{given[0]}: a video file ({len(given)} given); scoring video files needs the I3D feature "
+                f"extractor: add --extractor i3d.onnx (written by `bnwvad-export i3d WEIGHTS -o i3d.onnx`), "
+                f"or extract features first with `bnwvad-extract VIDEO --extractor i3d.onnx --out FEATS` "
+                f"and score FEATS")
     if threshold is not None and calibrate:
         raise click.UsageError("give --threshold or --calibrate, not both")
     if crops is not None and any_crops:
@@ -191,14 +219,15 @@ def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, 
                 any_crops=any_crops, batch_size=batch_size, max_rows=max_rows,
                 memory_budget=memory_budget, threshold=threshold, calibrate=calibrate,
                 false_alarm_rate=false_alarm_rate, fps=fps, min_event_snippets=min_event_snippets,
-                plot=plot, quiet=quiet)
+                plot=plot, extractor=extractor, video_fps=video_fps, quiet=quiet)
     with InterruptSignals() as signals:
         ctx.exit(_run(signals, **opts))
 
 
 def _run(signals, *, features, model, out, overwrite, backend, strict, threads, arena, device_id,
          sidecar, root, layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget,
-         threshold, calibrate, false_alarm_rate, fps, min_event_snippets, plot, quiet) -> int:
+         threshold, calibrate, false_alarm_rate, fps, min_event_snippets, plot, extractor, video_fps,
+         quiet) -> int:
     """The run; returns the exit status. Nothing in --out changes until every check passed and
     the threshold is known ("commit"); from then on what is done is recorded, even when
     interrupted."""
@@ -242,7 +271,26 @@ def _run(signals, *, features, model, out, overwrite, backend, strict, threads, 
             except ValueError as e:
                 raise click.UsageError(str(e)) from None
 
-        videos, bad = gather(features)
+        extraction = None
+        if extractor is not None:
+            extraction = _open_extraction(extractor, backend, meta, crops, any_crops, video_fps,
+                                          strict=strict, threads=threads, device_id=device_id)
+            if extraction is None:
+                return EXIT_NOTHING_RAN
+            features, extraction["inputs"], vbad = _split_video_inputs(features)
+        videos, bad = gather(features) if features else ([], [])
+        if extraction is not None:
+            bad = bad + vbad
+            names = {v.name for v in videos}
+            for name, path in list(extraction["inputs"]):
+                if name in names:
+                    extraction["inputs"].remove((name, path))
+                    from .inputs import Failure
+
+                    bad.append(Failure(name, InputError(
+                        f"video name {name!r} comes from a video file ({path}) and from feature files; "
+                        f"outputs are named <video>.npy, so names must be unique. Fix: score them in "
+                        f"separate runs (different --out) or rename one")))
         # -- threshold from normal videos ---------------------------------------------------
         calibration = None
         if calibrate:
@@ -268,6 +316,8 @@ def _run(signals, *, features, model, out, overwrite, backend, strict, threads, 
         with signals.held():
             removed = remove_listed(earlier) if earlier is not None else []
             run = _Outputs(out, model, runner, identity, threshold, calibration, fps, budget_text, scorer)
+            if extraction is not None:
+                run.extractor = extraction["record"]
             run.save_summary("running")
             committed = True
     except KeyboardInterrupt as e:
@@ -284,7 +334,66 @@ def _run(signals, *, features, model, out, overwrite, backend, strict, threads, 
         click.echo(f"replacing {whose} in {out}: removed the {len(removed)} file(s) it wrote",
                    err=True)
     return _score(signals, run, scorer, videos, bad, t0, min_event_snippets=min_event_snippets,
-                  plot=plot, quiet=quiet)
+                  plot=plot, quiet=quiet, extraction=extraction)
+
+
+def _open_extraction(extractor, backend, meta, crops, any_crops, video_fps, **kw) -> dict | None:
+    """The extractor for video inputs, checked against the detector (feature dim, crop count);
+    None after printing the one-line error (the caller exits 2)."""
+    from bnwvad._extras import require
+
+    from .extract_cli import extractor_record, open_extractor
+    from .video import CROP_COUNTS
+
+    require("av", "scoring video files")            # no PyAV: names the extra, exits 2
+    want = crops or meta.crops
+    if want is None and any_crops:
+        want = 10
+    if want not in CROP_COUNTS:
+        _error(f"the model {('expects ' + str(want) + ' crops') if want else 'declares no crop count'} "
+               f"({meta.describe()}); video inputs are extracted with 1, 5 or 10 crops. Fix: --crops 1, 5 or 10")
+        return None
+    ext_backend = backend if backend in ("auto", "ort-cpu", "ort-cuda", "ort-trt") else "auto"
+    opened = open_extractor(extractor, ext_backend, **kw)
+    if opened is None:
+        return None
+    runner, identity = opened
+    if runner.feature_dim != meta.feature_dim:
+        _error(f"--extractor {extractor}: makes {runner.feature_dim}-d features but the model {meta.describe()} "
+               f"reads {meta.feature_dim}-d ones; expected the extractor the model was trained on")
+        runner.close()
+        return None
+    record = extractor_record(extractor, runner, identity)
+    record.update(crops=int(want), video_fps=video_fps)
+    return {"runner": runner, "crops": int(want), "fps": video_fps, "record": record, "inputs": []}
+
+
+def _holds_npy(folder: Path) -> bool:
+    import os
+
+    return any(n.endswith(".npy") for _, _, names in os.walk(folder) for n in names)
+
+
+def _split_video_inputs(features):
+    """(feature arguments, [(name, video path)], failures): video files go to the extractor; a
+    directory gives its videos and stays a feature argument only when it holds .npy files."""
+    from .inputs import collect_video_files, is_video_path, scan_video_dir
+
+    feats, vids = [], []
+    for a in features:
+        p = Path(a)
+        if p.is_dir():
+            found, _ = scan_video_dir(p)
+            if found:
+                vids.append(p)
+            if not found or _holds_npy(p):
+                feats.append(a)
+        elif is_video_path(p):
+            vids.append(p)
+        else:
+            feats.append(a)
+    videos, bad = collect_video_files(vids) if vids else ([], [])
+    return feats, videos, bad
 
 
 class _Outputs:
@@ -300,6 +409,9 @@ class _Outputs:
         self.failures: dict[str, str] = {}
         self.pending: list[str] = []       # videos collected but not finished (interrupted)
         self.shared: list[str] = []        # results.npz, events.json
+        self.extractor: dict | None = None # with video inputs: summary.json's "extractor"
+        self.sources: dict[str, dict] = {} # video input -> its source and extraction record
+        self.video_fps: dict[str, float] = {}   # video input -> its frame rate (event times)
 
     def save_summary(self, status: str, order=(), seconds: float | None = None,
                      signal: str | None = None) -> None:
@@ -317,11 +429,13 @@ class _Outputs:
                       "backend": runner.backend, "requested": runner.requested,
                       "providers": runner.providers, "fallback": runner.fallback,
                       "metadata": meta.to_dict()},
+            **({"extractor": self.extractor} if self.extractor is not None else {}),
             "files": files,
             "videos": {r.name: {"snippets": r.length, "frames": r.length * r.frames_per_snippet,
                                 "crops": r.crops, "max_anomaly": float(r.anomaly.max()),
                                 "mean_anomaly": float(r.anomaly.mean()),
                                 "events": len(self.events.get(r.name, ())),
+                                **({"video": self.sources[r.name]} if r.name in self.sources else {}),
                                 "files": self.files[r.name]} for r in ordered},
             "failures": self.failures,
             "not_scored": self.pending,
@@ -340,16 +454,17 @@ class _Outputs:
         save_npy(self.out / files[0], r.anomaly)
         self.results[r.name] = r           # recorded as each file lands: nothing unlisted on an error
         self.files[r.name] = files
+        fps = self.video_fps.get(r.name) or self.fps
         if self.threshold is not None:
             self.events[r.name] = find_events(r.anomaly, self.threshold,
-                                              frames_per_snippet=r.frames_per_snippet, fps=self.fps,
+                                              frames_per_snippet=r.frames_per_snippet, fps=fps,
                                               min_snippets=min_event_snippets)
         if plot:
             from .plot import plot_video
 
             png = f"plots/{r.name}.png"
             plot_video(self.out / png, r.name, r.anomaly, frames_per_snippet=r.frames_per_snippet,
-                       fps=self.fps, threshold=self.threshold, events=self.events.get(r.name, ()))
+                       fps=fps, threshold=self.threshold, events=self.events.get(r.name, ()))
             files.append(png)
 
     def finish(self, order, status: str, seconds: float, signal: str | None = None) -> list:
@@ -364,13 +479,16 @@ class _Outputs:
                 "threshold": self.threshold, "threshold_source": "calibrated" if cal else "given",
                 "calibration": cal.to_dict() if cal else None,
                 "fps": self.fps, "frames_per_snippet": self.runner.meta.frames_per_snippet,
+                **({"video_fps": {n: f for n, f in self.video_fps.items() if n in self.results}}
+                   if self.video_fps else {}),
                 "videos": {r.name: [e.to_dict() for e in self.events.get(r.name, ())] for r in ordered}})
             self.shared.append("events.json")
         self.save_summary(status, order, seconds, signal)
         return ordered
 
 
-def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippets, plot, quiet) -> int:
+def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippets, plot, quiet,
+           extraction=None) -> int:
     from tqdm import tqdm
 
     out = run.out
@@ -380,8 +498,9 @@ def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippet
         for f in bad:
             run.failures[f.name] = f.message
             _fail(f.message)
-        bar = tqdm(total=len(videos), unit="video", disable=True if quiet else None, file=sys.stderr,
-                   dynamic_ncols=True)
+        inputs = extraction["inputs"] if extraction is not None else []
+        bar = tqdm(total=len(videos) + len(inputs), unit="video", disable=True if quiet else None,
+                   file=sys.stderr, dynamic_ncols=True)
         for r in scorer.iter_results(videos, progress=bar.update):
             if not hasattr(r, "anomaly"):
                 run.failures[r.name] = r.message
@@ -390,17 +509,21 @@ def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippet
                 continue
             with signals.held():           # a video's outputs and their record, together
                 run.write_video(r, min_event_snippets=min_event_snippets, plot=plot)
+        for name, path in inputs:          # video files: extract, then score, one at a time
+            _score_video_file(signals, run, scorer, extraction, name, path, bar,
+                              min_event_snippets=min_event_snippets, plot=plot, quiet=quiet)
     except KeyboardInterrupt as e:
         interrupted = getattr(e, "signal", "SIGINT")
     except BaseException as e:
         # Record what is done, then let the error speak for itself.
         run.failures["(run)"] = f"the run stopped: {type(e).__name__}: {e}"
-        run.finish([v.name for v in videos], "failed", time.perf_counter() - t0)
+        run.finish([v.name for v in videos] + [n for n, _ in (extraction["inputs"] if extraction else [])],
+                   "failed", time.perf_counter() - t0)
         raise
     finally:
         if bar is not None:
             bar.close()
-    order = [v.name for v in videos]
+    order = [v.name for v in videos] + [n for n, _ in (extraction["inputs"] if extraction else [])]
     run.pending = [n for n in order if n not in run.results and n not in run.failures]
     elapsed = time.perf_counter() - t0
     try:
@@ -419,6 +542,40 @@ def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippet
                + (f"; {len(failures)} failed (listed in {out / 'summary.json'})" if failures else "")
                + f"; outputs in {out}", err=True)
     return EXIT_SOME_FAILED if failures else EXIT_OK
+
+
+def _score_video_file(signals, run: _Outputs, scorer, extraction, name, path, bar, *, min_event_snippets,
+                      plot, quiet) -> None:
+    """One video input: extract its features (progress bar), score them, write its outputs."""
+    import numpy as np
+
+    from .extract_cli import extract_one
+    from .scoring import ArraySource
+
+    bar.clear()
+    ex = extract_one(name, path, extraction["runner"], extraction["crops"], extraction["fps"], quiet=quiet)
+    try:
+        if ex.error is not None:
+            msg = ex.message()
+            if ex.partial:
+                msg += (f" (the {ex.snippets} snippet(s) before the break are not scored; "
+                        f"`bnwvad-extract` keeps them as a partial output)")
+            run.failures[name] = msg
+            _fail(msg)
+            return
+        src = ArraySource(name, np.ascontiguousarray(ex.features.transpose(1, 0, 2)))
+        for r in scorer.iter_results([src]):
+            if not hasattr(r, "anomaly"):
+                run.failures[r.name] = r.message
+                _fail(r.message if r.name in r.message else f"{r.name}: {r.message}")
+                continue
+            with signals.held():
+                run.sources[name] = {"source": str(path), **ex.record(), **ex.info}
+                if ex.video_fps:
+                    run.video_fps[name] = ex.video_fps
+                run.write_video(r, min_event_snippets=min_event_snippets, plot=plot)
+    finally:
+        bar.update(1)
 
 
 def _report(run: _Outputs, ordered, quiet: bool) -> None:

@@ -237,3 +237,120 @@ def _make_video(name: str, members: list[tuple[int | None, Path]], layout: str,
             f"{', '.join(f'{p.name} {s}' for (_, p), s in zip(members, shapes))}; expected one (T, D)")
     t, d = shapes[0]
     return FileVideo(name, [p for _, p in members], "crops", len(members), t, d)
+
+
+# -- video files (bnwvad-extract, bnwvad-infer VIDEO --extractor) ----------------------------------
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".mpg", ".mpeg", ".m4v")
+
+
+def is_video_path(path: str | Path) -> bool:
+    """Whether `path` names a video file by its extension (VIDEO_EXTENSIONS, any case)."""
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def scan_video_dir(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Every non-hidden file with a video extension below `folder` (recursively, sorted; links
+    to folders not followed), and the sub-folders that could not be listed."""
+    found: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+
+    def onerror(e: OSError) -> None:
+        unreadable.append((Path(e.filename or folder), e.strerror or str(e)))
+
+    for top, dirs, names in os.walk(folder, onerror=onerror):
+        dirs.sort()
+        found.extend(Path(top) / n for n in names if is_video_path(n) and not n.startswith("."))
+    return sorted(found), unreadable
+
+
+def _read_video_list(lf: Path, root: str | Path | None) -> list[Path]:
+    """A list file: one video path per line (blank lines and lines starting with '#' skipped);
+    relative paths resolve against `root` (default: the list's folder)."""
+    from bnwvad.features import binary_reason, not_a_regular_file
+
+    why = not_a_regular_file(lf, "list")
+    if why is not None:
+        raise FeatureFileError(why)
+    try:
+        with open(lf, "rb") as f:
+            data = f.read(4096)
+            binary = binary_reason(data)
+            if binary is None:
+                data += f.read()
+    except OSError as e:
+        raise FeatureFileError(f"{lf}: cannot be read ({e.strerror or e}); expected a list file") from None
+    if binary is None:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            binary = f"not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset {e.start})"
+    if binary is not None:
+        raise FeatureFileError(f"{lf}: neither a video file (extensions {' '.join(VIDEO_EXTENSIONS)}) nor a "
+                               f"text list file: {binary}; expected a video, a directory of videos, or a "
+                               f"list file with one video path per line")
+    base = Path(root) if root is not None else lf.parent
+    out = []
+    for line in text.splitlines():
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        p = Path(entry)
+        out.append(p if p.is_absolute() else base / p)
+    return out
+
+
+def collect_video_files(inputs: Sequence[str | Path], *, root: str | Path | None = None
+                        ) -> tuple[list[tuple[str, Path]], list[Failure]]:
+    """VIDEO | DIR | LIST arguments -> ([(video name, path)] in argument order, failures).
+
+    A file with a video extension is a video; a directory gives every video file below it;
+    any other file is a list (one path per line; a binary one is named, never decoded). The
+    name of a video is its file name without the extension (outputs are <name>__<k>.npy or
+    <name>.npy), so two inputs with one name (a.mp4 and a.mkv, or a.mp4 in two folders) are
+    failures naming both; the same path given twice is one video. Missing files are failures
+    when they are opened (VideoReader names them), not here."""
+    failures: list[Failure] = []
+    files: list[Path] = []
+    for arg in inputs:
+        p = Path(arg)
+        if p.is_dir():
+            found, unreadable = scan_video_dir(p)
+            for d, err in unreadable:
+                failures.append(Failure(str(d), FeatureFileError(
+                    f"{d}: folder cannot be read ({err}); its videos, if any, are not processed"), [d]))
+            if not found and not unreadable:
+                failures.append(Failure(str(p), FeatureFileError(
+                    f"{p}: directory holds no video files; expected files ending in "
+                    f"{' '.join(VIDEO_EXTENSIONS)}"), [p]))
+            files.extend(found)
+        elif is_video_path(p) or not p.exists():
+            files.append(p)
+        else:
+            try:
+                files.extend(_read_video_list(p, root))
+            except FeatureFileError as e:
+                failures.append(Failure(str(p), e, [p]))
+    seen: set[str] = set()
+    named: dict[str, list[Path]] = {}
+    for f in files:
+        key = os.path.abspath(f)
+        if key in seen:
+            continue
+        seen.add(key)
+        named.setdefault(video_name(f), []).append(f)
+    videos = []
+    for name, paths in named.items():
+        if len(paths) > 1:
+            failures.append(Failure(name, FeatureFileError(
+                f"video name {name!r} comes from several inputs ({', '.join(map(str, paths))}); outputs are "
+                f"named after the video, so names must be unique. Fix: process them in separate runs "
+                f"(different --out) or rename the files"), paths))
+        else:
+            videos.append((name, paths[0]))
+    return videos, failures
+
+
+def video_name(path: str | Path) -> str:
+    """A video's name: its file name without the extension ('a.mp4' -> 'a')."""
+    p = Path(path)
+    return p.name[: -len(p.suffix)] if p.suffix else p.name

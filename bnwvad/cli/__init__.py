@@ -40,6 +40,14 @@ def run_infer() -> int:
     return launch("bnwvad-infer", "bnwvad.runtime.cli")
 
 
+def run_extract() -> int:
+    """bnwvad-extract (bnwvad.runtime.extract_cli:main): needs one ONNX Runtime (`cpu` or `gpu`)
+    and PyAV (`video`)."""
+    from .._extras import launch
+
+    return launch("bnwvad-extract", "bnwvad.runtime.extract_cli")
+
+
 def run_stream() -> int:
     """bnwvad-stream (bnwvad.runtime.stream_cli:main), once it is a console script: needs one
     ONNX Runtime (`cpu` or `gpu`), like bnwvad-infer."""
@@ -48,4 +56,4 @@ def run_stream() -> int:
     return launch("bnwvad-stream", "bnwvad.runtime.stream_cli")
 
 
-__all__ = ["run_eval", "run_export", "run_infer", "run_stream", "run_train"]
+__all__ = ["run_eval", "run_export", "run_extract", "run_infer", "run_stream", "run_train"]

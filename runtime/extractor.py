@@ -34,7 +34,7 @@ from .contract import FRAMES_PER_SNIPPET
 from .errors import InputError, ModelLoadError
 from .metadata import decode_value, onnx_metadata_props
 from .runners import OrtRunner
-from .video import (CROP_COUNTS, CROP_SIZE, SHORT_SIDE, Snippet, VideoReader, iter_frame_snippets,
+from .video import (CROP_COUNTS, CROP_SIZE, SHORT_SIDE, Snippet, VideoError, VideoReader, iter_frame_snippets,
                     snippet_clips)
 
 # -- the extractor graph's contract (export/i3d.py writes it, ExtractorRunner reads it) --------
@@ -327,11 +327,18 @@ def iter_clip_features(snippets: Iterable, extractor: ClipExtractor, crops: int 
         pending.clear()
         return feats.reshape(-1, crops, feats.shape[-1])
 
-    for snip in snippets:
-        frames = snip.frames if isinstance(snip, Snippet) else snip
-        pending.append(snippet_clips(frames, crops, resized=resized))
-        if len(pending) >= per_call:
+    try:
+        for snip in snippets:
+            frames = snip.frames if isinstance(snip, Snippet) else snip
+            pending.append(snippet_clips(frames, crops, resized=resized))
+            if len(pending) >= per_call:
+                yield from flush()
+    except VideoError:
+        # A source that breaks mid-way: the snippets gathered before the break are still
+        # computed and yielded, then the error (naming the file and frame) goes on.
+        if pending:
             yield from flush()
+        raise
     if pending:
         yield from flush()
 

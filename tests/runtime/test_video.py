@@ -537,3 +537,25 @@ def extract_frames_from_file(path, crops):
     with VideoReader(path) as r:
         frames = np.concatenate([s.frames for s in r])
     return extract_frames(frames, NumpyToy(), crops)
+
+
+def test_snippets_gathered_before_a_break_are_still_computed():
+    from bnwvad.runtime.extractor import iter_clip_features
+    from bnwvad.runtime.video import VideoDecodeError
+
+    class Fixed:
+        batch = 8                    # several snippets per call: a break leaves some pending
+
+        def run(self, clips):
+            return np.full((clips.shape[0], 4), 1.0, np.float32)
+
+    def snippets():
+        for _ in range(3):
+            yield np.zeros((16, 256, 256, 3), np.uint8)
+        raise VideoDecodeError("broken.mp4: decoding failed at frame 48")
+
+    got = []
+    with pytest.raises(VideoDecodeError, match="frame 48"):
+        for feats in iter_clip_features(snippets(), Fixed(), crops=1, resized=True):
+            got.append(feats)
+    assert len(got) == 3 and got[0].shape == (1, 4)

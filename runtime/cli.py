@@ -175,6 +175,13 @@ _PATH = dict(path_type=Path)
 @click.option("--memory-budget", callback=_budget, default=None, metavar="SIZE",
               help="Working memory per call, e.g. 2GiB (default: half of the available RAM, or of "
                    "free GPU memory on CUDA backends).")
+@click.option("--window", type=click.IntRange(min=1), default=None, metavar="W",
+              help="Score in windows of W snippets (as bnwvad-stream does live): time and memory linear "
+                   "in a video's length, for videos too long to score whole. Scores then depend on W.")
+@click.option("--lookahead", type=click.IntRange(min=0), default=0, show_default=True, metavar="L",
+              help="With --window: snippets after each snippet in its window.")
+@click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, metavar="S",
+              help="With --window: snippets scored per window call (amortises the window).")
 @click.option("--threshold", type=float, default=None, help="Report events above this anomaly score.")
 @click.option("--calibrate", "calibrate", multiple=True, metavar="PATH", type=click.Path(**_PATH),
               help="Normal videos' features (same forms as FEATURES; repeat the option): the threshold "
@@ -194,7 +201,8 @@ _PATH = dict(path_type=Path)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-video lines.")
 @click.pass_context
 def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, device_id, sidecar, root,
-         layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget, threshold,
+         layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget, window, lookahead,
+         step, threshold,
          calibrate, false_alarm_rate, fps, min_event_snippets, plot, extractor, video_fps, quiet):
     """Score video features (or, with --extractor, video files) with an exported BN-WVAD model
     (ONNX Runtime or TensorRT, no torch)."""
@@ -217,7 +225,8 @@ def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, 
                 strict=strict, threads=threads, arena=arena, device_id=device_id, sidecar=sidecar,
                 root=root, layout=layout, crops_from_names=crops_from_names, crops=crops,
                 any_crops=any_crops, batch_size=batch_size, max_rows=max_rows,
-                memory_budget=memory_budget, threshold=threshold, calibrate=calibrate,
+                memory_budget=memory_budget, window=window, lookahead=lookahead, step=step,
+                threshold=threshold, calibrate=calibrate,
                 false_alarm_rate=false_alarm_rate, fps=fps, min_event_snippets=min_event_snippets,
                 plot=plot, extractor=extractor, video_fps=video_fps, quiet=quiet)
     with InterruptSignals() as signals:
@@ -226,8 +235,8 @@ def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, 
 
 def _run(signals, *, features, model, out, overwrite, backend, strict, threads, arena, device_id,
          sidecar, root, layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget,
-         threshold, calibrate, false_alarm_rate, fps, min_event_snippets, plot, extractor, video_fps,
-         quiet) -> int:
+         window, lookahead, step, threshold, calibrate, false_alarm_rate, fps, min_event_snippets, plot,
+         extractor, video_fps, quiet) -> int:
     """The run; returns the exit status. Nothing in --out changes until every check passed and
     the threshold is known ("commit"); from then on what is done is recorded, even when
     interrupted."""
@@ -256,13 +265,20 @@ def _run(signals, *, features, model, out, overwrite, backend, strict, threads, 
             _error(str(e))
             return EXIT_NOTHING_RAN
         want = None if any_crops else (crops or meta.crops)
-        scorer = Scorer(runner, memory_budget=memory_budget, max_batch=batch_size,
-                        max_rows=max_rows or "auto", crops=want)
+        if window is not None:
+            from .stream import WindowedScorer
+
+            scorer = WindowedScorer(runner, window, lookahead, step, memory_budget=memory_budget,
+                                    max_batch=batch_size, max_rows=max_rows or "auto", crops=want)
+        else:
+            scorer = Scorer(runner, memory_budget=memory_budget, max_batch=batch_size,
+                            max_rows=max_rows or "auto", crops=want)
         budget = getattr(scorer, "budget", None)
         budget_text = budget.describe() if budget is not None else human_bytes(scorer.memory_budget)
         if not quiet:
+            windows = (f"; windows W={window} L={lookahead} S={step}" if window is not None else "")
             click.echo(f"model {model} ({meta.describe()}); backend {runner.describe()}; "
-                       f"memory budget {budget_text}", err=True)
+                       f"memory budget {budget_text}{windows}", err=True)
 
         def gather(args):
             try:
@@ -487,6 +503,23 @@ class _Outputs:
         return ordered
 
 
+def _video_failed(run: "_Outputs", r, scorer) -> None:
+    """Record and print a video's failure. A whole video over the memory budget is never
+    switched to windows silently: the message says which --window would fit."""
+    from .errors import MemoryBudgetError
+
+    msg = r.message if r.name in r.message else f"{r.name}: {r.message}"
+    if isinstance(r.error, MemoryBudgetError) and getattr(scorer, "window", None) is None:
+        from .stream import largest_window
+
+        w = largest_window(scorer.meta, scorer.call_budget, crops=1)
+        if w > 0:
+            msg += (f". Or score it in windows, in memory bounded by the window instead of its length: "
+                    f"--window {min(w, 256)} (the largest that fits this budget is {w})")
+    run.failures[r.name] = msg
+    _fail(msg)
+
+
 def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippets, plot, quiet,
            extraction=None) -> int:
     from tqdm import tqdm
@@ -503,9 +536,8 @@ def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippet
                    file=sys.stderr, dynamic_ncols=True)
         for r in scorer.iter_results(videos, progress=bar.update):
             if not hasattr(r, "anomaly"):
-                run.failures[r.name] = r.message
                 bar.clear()
-                _fail(r.message if r.name in r.message else f"{r.name}: {r.message}")
+                _video_failed(run, r, scorer)
                 continue
             with signals.held():           # a video's outputs and their record, together
                 run.write_video(r, min_event_snippets=min_event_snippets, plot=plot)
@@ -566,8 +598,7 @@ def _score_video_file(signals, run: _Outputs, scorer, extraction, name, path, ba
         src = ArraySource(name, np.ascontiguousarray(ex.features.transpose(1, 0, 2)))
         for r in scorer.iter_results([src]):
             if not hasattr(r, "anomaly"):
-                run.failures[r.name] = r.message
-                _fail(r.message if r.name in r.message else f"{r.name}: {r.message}")
+                _video_failed(run, r, scorer)
                 continue
             with signals.held():
                 run.sources[name] = {"source": str(path), **ex.record(), **ex.info}

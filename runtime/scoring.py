@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator, Protocol, Sequence
 
+from collections import Counter
+
 import numpy as np
 
 from .errors import InputError, MemoryBudgetError, human_bytes
@@ -429,8 +431,8 @@ class Scorer:
         A video whose features fail to load or validate is yielded as a failure and the rest
         of its call still runs. progress(k) is called as k more videos finish.
         """
-        names = [s.name for s in sources]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        names = Counter(s.name for s in sources)
+        dup = sorted(n for n, k in names.items() if k > 1)
         if dup:
             raise InputError(f"video names {dup[:5]} occur more than once; expected unique names "
                              f"(results are keyed by name)")

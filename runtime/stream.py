@@ -50,11 +50,13 @@ import time
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Mapping
 
+from collections import Counter
+
 import numpy as np
 
 from .contract import OUTPUTS, Runner
 from .errors import InputError, MemoryBudgetError, human_bytes
-from .scoring import ArraySource, Scorer, VideoFailure, default_memory_budget, estimate_bytes
+from .scoring import ArraySource, Scorer, VideoFailure, VideoResult, default_memory_budget, estimate_bytes
 
 RESULT_DTYPE = np.dtype([("snippet", np.int64), ("score", np.float32), ("dfm", np.float32),
                          ("anomaly", np.float32), ("latency_ms", np.float64)])
@@ -509,6 +511,50 @@ class StreamScorer:
         return self.group.stats
 
 
+class WindowedScorer(Scorer):
+    """The batch Scorer's interface (iter_results / score) over `score_windowed`: every video
+    is scored in windows of W snippets with L of lookahead, S per call, exactly as a stream
+    fed that video, in time and memory linear in its length. bnwvad-infer --window uses it.
+
+    Sources are checked as the Scorer checks them (crop policy, D, values on load); a video
+    whose window does not fit the budget fails with MemoryBudgetError naming the largest
+    window that would fit.
+    """
+
+    def __init__(self, runner: Runner, window: int, lookahead: int = 0, step: int = 1, **scorer_kwargs):
+        super().__init__(runner, **scorer_kwargs)
+        self.window = _check_int("window", window, 1)
+        self.lookahead = _check_int("lookahead", lookahead, 0)
+        self.step = _check_int("step", step, 1)
+
+    def iter_results(self, sources, progress=None):
+        names = Counter(s.name for s in sources)
+        dup = sorted(n for n, k in names.items() if k > 1)
+        if dup:
+            raise InputError(f"video names {dup[:5]} occur more than once; expected unique names "
+                             f"(results are keyed by name)")
+        for s in sources:
+            try:
+                err = self._check_source(s)
+                if err is not None:
+                    raise err
+                feats = self._load(s)
+                out = score_windowed(self.runner, feats, self.window, self.lookahead, self.step,
+                                     crops=None, name=s.name, memory_budget=self.call_budget,
+                                     max_rows=self.max_rows, max_batch=self.max_batch)
+            except Exception as e:      # noqa: BLE001 - a bad video is reported, the rest go on
+                if not isinstance(e, (InputError, MemoryBudgetError, ValueError, OSError)):
+                    raise
+                yield VideoFailure(s.name, e)
+            else:
+                self.stats["calls"] += 1
+                self.stats["videos"] += 1
+                yield VideoResult(s.name, out["score"], out["dfm"], out["anomaly"], crops=s.crops,
+                                  frames_per_snippet=self.meta.frames_per_snippet)
+            if progress:
+                progress(1)
+
+
 def score_windowed(runner: Runner, features, window: int, lookahead: int = 0, step: int = 1, *,
                    crops: int | str | None = "model", name: str = "video",
                    memory_budget: int | None = None, max_rows: int | str | None = "auto",
@@ -548,5 +594,5 @@ def score_windowed(runner: Runner, features, window: int, lookahead: int = 0, st
     return {k: np.ascontiguousarray(rec[k]) for k in OUTPUTS}
 
 
-__all__ = ["DEFAULT_MAX_BATCH", "RESULT_DTYPE", "StreamGroup", "StreamHandle", "StreamScorer",
+__all__ = ["DEFAULT_MAX_BATCH", "RESULT_DTYPE", "StreamGroup", "StreamHandle", "StreamScorer", "WindowedScorer",
            "empty_results", "largest_window", "score_windowed", "window_span"]

@@ -560,3 +560,46 @@ def test_a_video_input_without_extractor_is_a_named_error_suggesting_it(toy_onnx
 def test_help_mentions_video_inputs_and_the_extractor():
     r = CliRunner().invoke(main, ["--help"], terminal_width=100)
     assert r.exit_code == 0 and "--extractor FILE" in r.output and ".mp4" in r.output
+
+
+# -- windowed scoring (--window) -----------------------------------------------------------------
+def test_window_gives_what_the_streaming_scorer_gives(toy_onnx, tmp_path):
+    from bnwvad.runtime import load_runner
+    from bnwvad.runtime.stream import StreamScorer
+
+    a, b = feats(40, seed=1), feats(23, seed=2)
+    write_crops(tmp_path / "in", "a", a)
+    write_crops(tmp_path / "in", "b", b)
+    r = invoke(tmp_path / "in", "--model", toy_onnx, "--out", tmp_path / "out",
+               "--window", 8, "--lookahead", 2, "--step", 3)
+    assert r.exit_code == 0, r.output
+    assert "windows W=8 L=2 S=3" in r.stderr.splitlines()[0]
+    res = load_results(tmp_path / "out" / "results.npz")
+    runner = load_runner(toy_onnx, "ort-cpu")
+    for name, x in (("a", a), ("b", b)):
+        stream = StreamScorer(runner, window=8, lookahead=2, step=3)
+        got = [stream.push(x[:, s:s + 5].transpose(1, 0, 2)) for s in range(0, x.shape[1], 5)]
+        got = np.concatenate([*got, stream.flush()])
+        assert (got["snippet"] == np.arange(x.shape[1])).all()
+        for k in ("score", "dfm", "anomaly"):
+            np.testing.assert_allclose(res[name][k], got[k], rtol=1e-6, atol=1e-6)
+    # A window is not the whole video: the toy model's outputs depend on what each call sees.
+    whole = toy_reference(a)["anomaly"]
+    assert np.abs(res["a"]["anomaly"] - whole).max() > 1e-3
+
+
+def test_a_video_over_the_budget_is_not_windowed_silently_the_error_says_which_window_fits(toy_onnx):
+    from bnwvad.runtime import ArraySource, MemoryBudgetError, Scorer, load_runner
+    from bnwvad.runtime.cli import _video_failed
+
+    runner = load_runner(toy_onnx, "ort-cpu")
+    scorer = Scorer(runner, call_budget=2 << 20, crops=None)       # 2 MiB a call
+    (r,) = list(scorer.iter_results([ArraySource("long", feats(2000))]))
+    assert isinstance(r.error, MemoryBudgetError)
+
+    class Run:
+        failures: dict = {}
+    _video_failed(Run, r, scorer)
+    msg = Run.failures["long"]
+    m = re.search(r"--window (\d+) \(the largest that fits this budget is (\d+)\)", msg)
+    assert m and 1 <= int(m[1]) <= int(m[2]) < 2000, msg

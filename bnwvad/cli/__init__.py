@@ -56,4 +56,12 @@ def run_stream() -> int:
     return launch("bnwvad-stream", "bnwvad.runtime.stream_cli")
 
 
-__all__ = ["run_eval", "run_export", "run_extract", "run_infer", "run_stream", "run_train"]
+def run_serve() -> int:
+    """bnwvad-serve (bnwvad.runtime.serve_cli:main): needs Ray Serve (the `ray` extra) and one
+    ONNX Runtime."""
+    from .._extras import launch
+
+    return launch("bnwvad-serve", "bnwvad.runtime.serve_cli")
+
+
+__all__ = ["run_eval", "run_export", "run_extract", "run_infer", "run_serve", "run_stream", "run_train"]

@@ -1,0 +1,177 @@
+"""A client of bnwvad-serve, on the standard library only (urllib) plus numpy.
+
+    from bnwvad.client import Client
+    c = Client("http://127.0.0.1:8000")
+    c.health()                              # {"status": "ok", ...}
+    c.model()                               # metadata, backend, threshold, limits
+    r = c.score(features)                   # (T, D), (T, C, D), (C, T, D) array or a .npy path
+    r["anomaly"], r["events"]               # (T,) float32 arrays, events at the server's threshold
+
+    s = c.open_stream(window=64, lookahead=4)       # with bnwvad-serve --streams
+    part = s.push(snippets)                          # (k, C, D) -> the results that became final
+    rest = s.close()                                 # the remaining results
+
+Features travel as the bytes of a .npy file (application/octet-stream; float32 C-order as
+given, nothing pickled); `as_json=True` sends a JSON body instead (small inputs). A 4xx/5xx
+answer raises ServerError with the server's own message and the HTTP status; a server that
+cannot be reached raises ServerUnavailable. Both are ClientError.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUTPUTS = ("score", "dfm", "anomaly")
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class ClientError(Exception):
+    """A request to bnwvad-serve failed."""
+
+
+class ServerError(ClientError):
+    """The server answered with an error status; `status` and `message` are its answer."""
+
+    def __init__(self, url: str, status: int, message: str):
+        self.url, self.status, self.message = url, int(status), message
+        super().__init__(f"{url}: HTTP {status}: {message}")
+
+
+class ServerUnavailable(ClientError):
+    """The server could not be reached, or the connection broke."""
+
+
+def npy_bytes(features) -> bytes:
+    """The .npy encoding of an array (float32 kept as is; C order), or of a .npy file's bytes."""
+    if isinstance(features, (str, os.PathLike)):
+        return Path(features).read_bytes()
+    a = np.asarray(features)
+    if a.dtype.hasobject:
+        raise TypeError("features: an object array; expected a numeric array")
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _arrays(doc: dict, keys=OUTPUTS) -> dict:
+    for k in keys:
+        if isinstance(doc.get(k), list):
+            doc[k] = np.asarray(doc[k], dtype=np.float32)
+    return doc
+
+
+class Client:
+    """bnwvad-serve at `url` (e.g. http://127.0.0.1:8000). timeout: seconds per request."""
+
+    def __init__(self, url: str, *, timeout: float = DEFAULT_TIMEOUT_S):
+        if not url.startswith(("http://", "https://")):
+            url = "http://" + url
+        self.url = url.rstrip("/")
+        self.timeout = float(timeout)
+
+    # -- routes -----------------------------------------------------------------------------
+    def health(self) -> dict:
+        return self._request("GET", "/healthz")
+
+    def model(self) -> dict:
+        return self._request("GET", "/v1/model")
+
+    def stats(self) -> dict:
+        return self._request("GET", "/v1/stats")
+
+    def score(self, features, *, layout: str | None = None, threshold: float | None = None,
+              fps: float | None = None, as_json: bool = False) -> dict:
+        """Score one video: an array (T, D), (T, C, D) or (C, T, D) (with layout "CTD" or when
+        the server cannot tell), or the path of a .npy file (sent as is). Returns the server's
+        answer, score / dfm / anomaly as float32 arrays (T,)."""
+        query = {k: v for k, v in (("layout", layout), ("threshold", threshold), ("fps", fps)) if v is not None}
+        if as_json:
+            if isinstance(features, (str, os.PathLike)):
+                features = np.load(features, allow_pickle=False)
+            doc = {"features": np.asarray(features, dtype=np.float64).tolist(), **query}
+            body, ctype, query = json.dumps(doc).encode(), "application/json", {}
+        else:
+            body, ctype = npy_bytes(features), "application/octet-stream"
+        return _arrays(self._request("POST", "/v1/score", body=body, content_type=ctype, query=query))
+
+    def open_stream(self, window: int = 64, lookahead: int = 0, step: int = 1) -> "Stream":
+        doc = self._request("POST", "/v1/streams", body=json.dumps(
+            {"window": window, "lookahead": lookahead, "step": step}).encode(), content_type="application/json")
+        return Stream(self, doc)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, body: bytes | None = None, content_type: str | None = None,
+                 query: dict | None = None) -> Any:
+        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        req = urllib.request.Request(url, data=body, method=method)
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        req.add_header("Accept", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                data = resp.read()
+        except urllib.error.HTTPError as e:
+            raise ServerError(url, e.code, _message(e)) from None
+        except urllib.error.URLError as e:
+            reason = e.reason
+            if isinstance(reason, (BrokenPipeError, ConnectionResetError)) and body is not None:
+                raise ServerUnavailable(
+                    f"{url}: the server closed the connection while {len(body)} bytes were sent "
+                    f"({reason}); the body may be over its limit (GET /v1/model: limits)") from None
+            raise ServerUnavailable(f"{url}: cannot reach bnwvad-serve ({reason})") from None
+        except (ConnectionError, socket.timeout, TimeoutError) as e:
+            raise ServerUnavailable(f"{url}: {type(e).__name__}: {e}") from None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise ClientError(f"{url}: the answer is not JSON ({data[:80]!r}); is this bnwvad-serve?") from None
+
+
+def _message(e: urllib.error.HTTPError) -> str:
+    try:
+        raw = e.read()
+    except Exception:               # noqa: BLE001 - the body could not be read
+        raw = b""
+    try:
+        doc = json.loads(raw)
+        if isinstance(doc, dict) and "error" in doc:
+            return str(doc["error"])
+    except ValueError:
+        pass
+    text = raw.decode("utf-8", "replace").strip()
+    return text[:500] or (e.reason if isinstance(e.reason, str) else str(e))
+
+
+class Stream:
+    """A streaming session of bnwvad-serve (--streams): push snippets, close at the end."""
+
+    def __init__(self, client: Client, doc: dict):
+        self.client = client
+        self.id = doc["id"]
+        self.info = doc
+
+    def push(self, snippets) -> dict:
+        """(k, C, D) or (k, D) snippets -> {"snippet": (n,) int, score / dfm / anomaly (n,)} of
+        the snippets that became final."""
+        doc = self.client._request("POST", f"/v1/streams/{self.id}", body=npy_bytes(snippets),
+                                   content_type="application/octet-stream")
+        doc["snippet"] = np.asarray(doc.get("snippet", []), dtype=np.int64)
+        return _arrays(doc)
+
+    def close(self) -> dict:
+        """End the stream: its remaining results."""
+        doc = self.client._request("DELETE", f"/v1/streams/{self.id}")
+        doc["snippet"] = np.asarray(doc.get("snippet", []), dtype=np.int64)
+        return _arrays(doc)
+
+
+__all__ = ["Client", "ClientError", "ServerError", "ServerUnavailable", "Stream", "npy_bytes"]

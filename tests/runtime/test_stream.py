@@ -96,7 +96,7 @@ def test_stream_equals_score_windowed(runner, window, lookahead, step):
 def test_whole_window_is_the_whole_video(runner):
     rng = np.random.default_rng(1)
     x = video(rng, 23)
-    whole = Scorer(runner, memory_budget=BUDGET).score({"v": x})[0]
+    whole = Scorer(runner, call_budget=BUDGET).score({"v": x})[0]
     for w, la in [(23, 23), (40, 30)]:
         got = score_windowed(runner, x, w, la, 1, memory_budget=BUDGET)
         for k in OUTPUTS:
@@ -331,7 +331,7 @@ def test_real_graph_windowed_streaming_and_batching(tiny_bnwvad):
     xs = [(rng.random((c, t, d)) * 2).astype(np.float32) for t in lengths]
     kw = dict(crops=None, memory_budget=BUDGET)
     # (a) S = 1 with W >= T and L >= T is the whole-video model.
-    whole = Scorer(r, crops=None, memory_budget=BUDGET).score({"v": xs[0]})[0]
+    whole = Scorer(r, crops=None, call_budget=BUDGET).score({"v": xs[0]})[0]
     full = score_windowed(r, xs[0], 30, 30, 1, **kw)
     for k in OUTPUTS:
         assert rel(full[k], getattr(whole, k)) <= 1e-5, k
@@ -369,7 +369,7 @@ def test_published_model_whole_window_and_streaming(xd_onnx):
     whole-video model; streaming equals score_windowed."""
     r = load_runner(xd_onnx, "ort-cpu", threads=1)
     x = np.random.default_rng(10).random((r.meta.crops, 20, r.meta.feature_dim)).astype(np.float32)
-    whole = Scorer(r, memory_budget=BUDGET).score({"v": x})[0]
+    whole = Scorer(r, call_budget=BUDGET).score({"v": x})[0]
     full = score_windowed(r, x, 20, 20, 1, memory_budget=BUDGET)
     part = score_windowed(r, x, 6, 2, 2, memory_budget=BUDGET)
     s = StreamScorer(r, 6, 2, 2, memory_budget=BUDGET)

@@ -61,6 +61,7 @@ import numpy as np
 
 from .contract import OUTPUTS
 from .errors import InputError, MemoryBudgetError, human_bytes
+from .scoring import ValidatedSource
 
 log = logging.getLogger("bnwvad.runtime.serve")
 
@@ -452,29 +453,6 @@ def _route(path: str) -> list[str]:
 
 
 # -- the scoring deployment ---------------------------------------------------------------------
-@dataclass
-class _Item:
-    name: str
-    features: np.ndarray            # (C, T, D) float32, validated
-
-    validated = True                # a VideoSource whose load() needs no checks
-
-    @property
-    def crops(self) -> int:
-        return int(self.features.shape[0])
-
-    @property
-    def length(self) -> int:
-        return int(self.features.shape[1])
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.features.shape[2])
-
-    def load(self) -> np.ndarray:
-        return self.features
-
-
 class ScoringService:
     """The replica of the scoring deployment (an ASGI-style `__call__` Ray Serve routes HTTP to).
 
@@ -588,7 +566,7 @@ class ScoringService:
         del body
         threshold = _query_float(opts.get("threshold", q.get("threshold")), "threshold")
         fps = _query_float(opts.get("fps", q.get("fps")), "fps", positive=True)
-        item = _Item(f"r{next(self._seq)}", x)
+        item = ValidatedSource(f"r{next(self._seq)}", x)
         t2 = time.perf_counter()
         try:
             result = await self._score(item)
@@ -619,7 +597,7 @@ class ScoringService:
         return out
 
     # -- batching -----------------------------------------------------------------------------
-    async def _score(self, item: _Item):
+    async def _score(self, item: ValidatedSource):
         bucket = bucket_of(item.length, self.cfg.max_snippets)
         size = bucket_batch_size(bucket, item.crops, self.cfg.max_batch, self.max_rows)
         if size <= 1:                     # batching off (or one video per call here): no queue

@@ -56,7 +56,7 @@ import numpy as np
 
 from .contract import OUTPUTS, Runner
 from .errors import InputError, MemoryBudgetError, human_bytes
-from .scoring import ArraySource, Scorer, VideoFailure, VideoResult, default_memory_budget, estimate_bytes
+from .scoring import Scorer, ValidatedSource, VideoFailure, VideoResult, default_memory_budget, estimate_bytes
 
 RESULT_DTYPE = np.dtype([("snippet", np.int64), ("score", np.float32), ("dfm", np.float32),
                          ("anomaly", np.float32), ("latency_ms", np.float64)])
@@ -99,14 +99,6 @@ def largest_window(meta, budget: int, *, crops: int = 1, lookahead: int = 0, ste
         else:
             hi = mid
     return lo
-
-
-class _Window(ArraySource):
-    """One block's input window (C, T_w, D) float32 as a VideoSource of the batch Scorer;
-    its snippets were validated when they were pushed, so `load` checks nothing again."""
-
-    def load(self) -> np.ndarray:
-        return self.features
 
 
 @dataclass
@@ -417,7 +409,7 @@ class StreamGroup:
         self._pending_rows = self._pending_t = 0
         if not jobs:
             return
-        sources = [_Window(str(j), job.window) for j, job in enumerate(jobs)]
+        sources = [ValidatedSource(str(j), job.window) for j, job in enumerate(jobs)]
         parts: list = [None] * len(jobs)
         for r in self._scorer.iter_results(sources):
             if isinstance(r, VideoFailure):

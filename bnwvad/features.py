@@ -21,6 +21,7 @@ import math
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -100,6 +101,9 @@ def _not_npy_reason(head: bytes) -> str:
             f"corrupted or another format)")
 
 
+_HEADER_LOCK = threading.Lock()
+
+
 def _read_header(f, p: Path, size: int, ndim: Sequence[int], feature_dim: int | None, kind: str
                  ) -> tuple[tuple[int, ...], bool, np.dtype]:
     """(shape, fortran_order, dtype) of the open .npy file `f`, left at its first data byte."""
@@ -109,10 +113,14 @@ def _read_header(f, p: Path, size: int, ndim: Sequence[int], feature_dim: int | 
         raise FeatureFileError(f"{p}: {_not_npy_reason(head)}; expected a .npy array of shape {want}")
     f.seek(0)
     try:
-        version = np.lib.format.read_magic(f)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read(f)
+        # numpy parses the header dict with ast.literal_eval, which CPython 3.11 does not make
+        # thread-safe ("AST constructor recursion depth mismatch" when two threads parse at
+        # once: the header checks and the training loader read files in threads).
+        with _HEADER_LOCK:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
     except Exception as e:     # noqa: BLE001 - untrusted bytes: ValueError, SyntaxError, TokenError...
         raise FeatureFileError(f"{p}: not a readable .npy array: corrupted header ({e}); expected "
                                f"a .npy array of shape {want}") from None

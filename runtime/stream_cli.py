@@ -2,16 +2,29 @@
 
     extractor | bnwvad-stream - --model xd.onnx --window 64 --lookahead 4 --threshold 21
     bnwvad-stream incoming/ --model xd.onnx --window 64 --step 4 --idle-timeout 30 --output cam1.jsonl
+    bnwvad-stream cam1.mp4 --extractor i3d.onnx --model xd.onnx --window 64
+    bnwvad-stream rtsp://cam1/stream --extractor i3d.onnx --model xd.onnx --window 64 \
+        --video-option rtsp_transport=tcp --idle-timeout 10
 
-SOURCE is `-` (stdin: .npy arrays back to back, each (k, C, D) or (k, D) snippets) or a
+SOURCE is `-` (stdin: .npy arrays back to back, each (k, C, D) or (k, D) snippets), a
 DIRECTORY that snippet files arrive in (taken in name order; one .npy of (k, C, D) or (k, D)
-per file). Each snippet is scored on a bounded window of its past (--window W) and of its
+per file), or video: a file (by extension: .mp4 .mkv .avi .mov .webm .mpg .mpeg .m4v) or a
+stream URL FFmpeg opens (rtsp:// rtmp:// http(s):// udp:// tcp:// srt:// file:), with
+--extractor (an I3D graph from `bnwvad-export i3d`). Video is decoded by PyAV in a background
+thread (bounded queue); each complete 16-frame snippet is extracted (its crops in one
+extractor call, --crops default the model's) and scored at once, so results come as frames
+arrive. Each snippet is scored on a bounded window of its past (--window W) and of its
 future (--lookahead L), S snippets per runner call (--step S): bnwvad.runtime.stream.
-Memory stays bounded by the window, whatever the stream's length.
+Memory stays bounded by the window, whatever the stream's length. Sources:
+bnwvad.runtime.stream_sources.
 
 Output (stdout, or appended to --output FILE; one JSON object per line, flushed per line):
   {"stream": {"model": ..., "weights_digest": ..., "window": W, ...}}   first line of every run
   {"snippet": i, "score": .., "dfm": .., "anomaly": .., "latency_ms": ..} each final snippet
+latency_ms: the scoring call that made the result final. From a video source also extract_ms
+(crops + extractor call of the snippet whose arrival made it final) and pipeline_ms (from that
+snippet's last frame decoded to this line: queue wait + extraction + scoring); the header has
+"extractor" and "video" records, and event times use the video's frame rate (--video-fps).
   {"event": "start" | "end", "snippet": .., ...}                      with --threshold / --calibrate
 Progress and errors go to stderr; its first line says the model, the backend, W / L / S, the
 delay of a result in snippets and where the threshold comes from.
@@ -24,6 +37,14 @@ A bad snippet file or array (not .npy, wrong D or crops, NaN, non-float dtype) i
 name on stderr and skipped; the stream goes on (exit status 1 at the end). On stdin, bytes
 that are not a .npy array end the stream (nothing after them can be framed).
 
+Video sources: a stream that breaks mid-way (decode error, truncated file, lost connection),
+a video shorter than one snippet, or an extractor failure ends the stream: the results of the
+snippets before it are written (flushed), the failure is named on stderr, exit status 1. A
+live URL has no known length; --idle-timeout ends it (exit 0) when no frame was decoded for
+that long, and also bounds FFmpeg's network open and reads (PyAV's timeout) so a silent camera
+cannot hold a read forever (without it, opening a URL may take URL_OPEN_TIMEOUT_S, reads wait
+forever). A video SOURCE that cannot be opened exits 2 (nothing ran).
+
 Exit status: 0 the source ended (EOF, or --idle-timeout) and every snippet was scored; 1 some
 snippet files / arrays were skipped (each named), or the stream stopped on an error; 2 nothing
 could run (usage, model, backend, output file, calibration); 130 interrupted (SIGINT / SIGTERM):
@@ -32,13 +53,11 @@ every result that was final is written, an open event is closed, the rest is not
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import math
 import os
 import select
 import signal
-import stat
 import sys
 import threading
 import time
@@ -50,27 +69,25 @@ import numpy as np
 from .cli import (EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, _budget, _error, _fail,
                   _load_runner_once)
 from .errors import InputError, RuntimeFailure, human_bytes
+from .stream_sources import DirectorySource, StdinSource, VideoSource
 
 STREAM_FORMAT = "bnwvad-stream"
 STREAM_FORMAT_VERSION = 1
-NPY_MAGIC = b"\x93NUMPY"
-# A snippet array larger than this is refused without being read (snippets arrive a few at a
-# time; a multi-GiB array is a mistake, and buffering it would break the memory bound).
-MAX_ARRAY_BYTES = 1 << 30
-MAX_HEADER_BYTES = 1 << 20
-# A directory file whose header / data is still short is retried until it has not changed for
-# this long (or the stream ends): then it is reported as truncated and skipped.
-INCOMPLETE_GRACE_S = 5.0
+# How long opening a stream URL may take without --idle-timeout (connect, handshake, probing).
+URL_OPEN_TIMEOUT_S = 60.0
 
-_HELP_EPILOG = """SOURCE: '-' for stdin (.npy arrays back to back, e.g. `extractor | bnwvad-stream -`), or a
-directory that snippet files arrive in (name order; each a .npy of (k, C, D) or (k, D)).
+_HELP_EPILOG = """SOURCE: '-' for stdin (.npy arrays back to back, e.g. `extractor | bnwvad-stream -`), a
+directory that snippet files arrive in (name order; each a .npy of (k, C, D) or (k, D)), or,
+with --extractor, a video file (.mp4 .mkv .avi .mov .webm .mpg .mpeg .m4v) or a stream URL
+(rtsp:// rtmp:// http(s):// udp:// tcp:// srt:// file:) decoded and extracted as it arrives.
 
 \b
 Exit status:
   0    the source ended (EOF, --idle-timeout) and every snippet received was scored
   1    some snippet files / arrays were skipped (each named on stderr), or the stream stopped
-       on an error after it started
-  2    nothing could run: usage, model or backend, output file, calibration, window too large
+       on an error after it started (a video stream that broke: results before it written)
+  2    nothing could run: usage, model or backend, extractor, video that cannot be opened,
+       output file, calibration, window too large
   130  interrupted (Ctrl-C, SIGTERM): every final result written, an open event closed"""
 
 
@@ -140,285 +157,6 @@ class _Stop:
                 pass
         return [fd for fd in ready if fd != self.rfd]
 
-
-# -- .npy framing -------------------------------------------------------------------------------
-class _Bad(Exception):
-    """A snippet file / array that cannot be used. fatal: a byte stream that cannot be framed
-    any further (the rest of stdin is lost)."""
-
-    def __init__(self, message: str, *, fatal: bool = False):
-        super().__init__(message)
-        self.fatal = fatal
-
-
-def _npy_header(buf) -> tuple[int, tuple, bool, np.dtype] | None:
-    """(header bytes, shape, fortran_order, dtype) of the .npy array at the start of `buf`;
-    None while the header is incomplete; _Bad (fatal) when the bytes are not a .npy header."""
-    n = len(buf)
-    if n < 8:
-        m = min(n, len(NPY_MAGIC))
-        if bytes(buf[:m]) != NPY_MAGIC[:m]:
-            raise _Bad(_not_npy(bytes(buf[:n])), fatal=True)
-        return None
-    if bytes(buf[:6]) != NPY_MAGIC:
-        raise _Bad(_not_npy(bytes(buf[:8])), fatal=True)
-    major = buf[6]
-    if major == 1:
-        size_bytes = 2
-    elif major in (2, 3):
-        size_bytes = 4
-    else:
-        raise _Bad(f"unsupported .npy format version {major}.{buf[7]}", fatal=True)
-    if n < 8 + size_bytes:
-        return None
-    hlen = int.from_bytes(bytes(buf[8:8 + size_bytes]), "little")
-    if hlen > MAX_HEADER_BYTES:
-        raise _Bad(f"a .npy header of {hlen} bytes; expected a small header (corrupted?)", fatal=True)
-    total = 8 + size_bytes + hlen
-    if n < total:
-        return None
-    reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    try:
-        shape, fortran, dtype = reader(_header_file(buf, total))
-    except Exception as e:     # noqa: BLE001 - untrusted bytes: ValueError, SyntaxError, ...
-        raise _Bad(f"not a readable .npy array: corrupted header ({e})", fatal=True) from None
-    if dtype.hasobject:
-        raise _Bad("holds a pickled object array, which is never loaded (it could run code); expected "
-                   "float32 snippets", fatal=True)
-    return total, tuple(int(s) for s in shape), bool(fortran), dtype
-
-
-def _header_file(buf, total: int) -> io.BytesIO:
-    """The header as numpy's readers want it: a file positioned after the magic and version."""
-    f = io.BytesIO(bytes(buf[:total]))
-    f.seek(8)
-    return f
-
-
-def _not_npy(head: bytes) -> str:
-    return (f"not a .npy array (starts with {head!r}, not the .npy magic \\x93NUMPY); expected .npy "
-            f"snippet arrays (k, C, D) written with numpy.save")
-
-
-def _data_bytes(shape: tuple, dtype: np.dtype) -> int:
-    return int(math.prod(shape)) * int(dtype.itemsize)
-
-
-def _array(raw: bytes, shape: tuple, fortran: bool, dtype: np.dtype) -> np.ndarray:
-    a = np.frombuffer(raw, dtype=dtype, count=int(math.prod(shape)))
-    return a.reshape(shape, order="F" if fortran else "C")
-
-
-def _shape_problem(shape: tuple, dtype: np.dtype) -> str | None:
-    """What is wrong with a header's shape / dtype before reading its data (the stream checks
-    the rest: crops, D, values)."""
-    if len(shape) not in (2, 3):
-        return f"array of shape {shape}; expected snippets (k, C, D), or (k, D) for one crop"
-    if not np.issubdtype(dtype, np.floating):
-        return f"dtype {dtype} (shape {shape}); expected floating-point features (float32)"
-    if _data_bytes(shape, dtype) > MAX_ARRAY_BYTES:
-        return (f"shape {shape} {dtype} is {human_bytes(_data_bytes(shape, dtype))}, over the "
-                f"{human_bytes(MAX_ARRAY_BYTES)} a snippet array may have; expected a few snippets per array")
-    return None
-
-
-# -- sources --------------------------------------------------------------------------------------
-# Each source's poll(stop, wait) returns a list of items:
-#   ("array", name, ndarray)   ("bad", name, message)   ("end", None, reason)
-# and waits up to `wait` seconds (waking up on a signal) when it has nothing.
-class StdinSource:
-    """.npy arrays back to back on a file descriptor (stdin), framed by their headers: read
-    with select() + os.read, so a signal or an idle timeout never waits on a blocked read."""
-
-    def __init__(self, fd: int = 0, label: str = "stdin"):
-        self.fd = fd
-        self.label = label
-        self.buf = bytearray()
-        self.offset = 0              # stream offset of buf[0]
-        self.count = 0               # arrays framed so far
-        self.skip = 0                # bytes of a refused array still to discard
-        self.header = None
-        self.eof = False
-        self.broken = False
-
-    def _name(self) -> str:
-        return f"{self.label} array #{self.count} (byte {self.offset})"
-
-    def poll(self, stop: _Stop, wait: float) -> list:
-        if self.broken:
-            return [("end", None, "unreadable")]
-        items: list = []
-        if not self.eof and stop.wait([self.fd], wait):
-            try:
-                chunk = os.read(self.fd, 1 << 20)
-            except OSError as e:
-                items.append(("bad", self.label, f"cannot be read ({e.strerror or e}); ending the stream"))
-                self.broken = True
-                return items + [("end", None, "unreadable")]
-            if chunk:
-                items.append(("data", None, len(chunk)))
-                if self.skip:                   # the rest of a refused array: discarded unread
-                    cut = min(self.skip, len(chunk))
-                    self.skip -= cut
-                    self.offset += cut
-                    chunk = chunk[cut:]
-                self.buf += chunk
-            else:
-                self.eof = True
-        items += self._frame()
-        if self.eof and not self.broken:
-            if self.buf or self.skip or self.header is not None:
-                have = len(self.buf)
-                need = (self.header[0] + _data_bytes(self.header[1], self.header[3])
-                        if self.header is not None else None)
-                items.append(("bad", self._name(), f"the input ended inside this array ({have} bytes"
-                              + (f" of {need}" if need else "") + "); expected a complete .npy array"))
-                self.buf.clear()
-                self.skip = 0
-                self.header = None
-            items.append(("end", None, "eof"))
-        return items
-
-    def _frame(self) -> list:
-        out = []
-        while not self.broken:
-            if self.skip:
-                return out
-            if self.header is None:
-                try:
-                    self.header = _npy_header(self.buf)
-                except _Bad as e:
-                    out.append(("bad", self._name(), f"{e}; the rest of {self.label} cannot be framed as "
-                                                     f"arrays: ending the stream"))
-                    self.broken = True
-                    self.buf.clear()
-                    return out
-                if self.header is None:
-                    return out
-            hlen, shape, fortran, dtype = self.header
-            need = _data_bytes(shape, dtype)
-            problem = _shape_problem(shape, dtype)
-            if problem is not None:           # refused from its header: its data is skipped unread
-                out.append(("bad", self._name(), problem))
-                drop = min(len(self.buf), hlen + need)
-                self.skip = hlen + need - drop
-                del self.buf[:drop]
-                self.offset += drop
-                self.count += 1
-                self.header = None
-                continue
-            if len(self.buf) < hlen + need:
-                return out
-            a = _array(bytes(self.buf[hlen:hlen + need]), shape, fortran, dtype)
-            out.append(("array", self._name(), a))
-            del self.buf[:hlen + need]
-            self.offset += hlen + need
-            self.count += 1
-            self.header = None
-        return out
-
-
-class DirectorySource:
-    """Snippet files arriving in a folder, taken in name order once complete."""
-
-    def __init__(self, folder: Path, poll_s: float):
-        self.folder = folder
-        self.poll_s = poll_s
-        self.last: str | None = None          # the last name taken
-        self.seen: set[str] = set()           # names listed by the previous scan (bounded by the folder)
-        self.waiting: dict[str, tuple] = {}   # incomplete file -> ((size, mtime), since)
-        self.reported: set[str] = set()
-
-    def _scan(self) -> list[str]:
-        names = []
-        with os.scandir(self.folder) as it:
-            for e in it:
-                if e.name.startswith(".") or e.name.endswith(".tmp"):
-                    continue
-                names.append(e.name)
-        return sorted(names)
-
-    def poll(self, stop: _Stop, wait: float, *, final: bool = False) -> list:
-        """final: the stream ends now; every complete file is taken, and one still short is
-        reported as truncated (not waited for)."""
-        try:
-            names = self._scan()
-        except OSError as e:
-            return [("bad", str(self.folder), f"cannot be listed ({e.strerror or e}); ending the stream"),
-                    ("end", None, "unreadable")]
-        items: list = []
-        listed = set(names)
-        for n in names:
-            if self.last is not None and n <= self.last and n not in self.seen and n not in self.reported:
-                self.reported.add(n)
-                items.append(("bad", str(self.folder / n),
-                              f"arrived after {self.last!r} was taken (snippet files are taken in name "
-                              f"order); skipped"))
-        self.seen = listed
-        self.reported &= listed
-        for n in (n for n in names if self.last is None or n > self.last):
-            kind, payload = self._read(self.folder / n, final)
-            if kind == "wait":
-                if final:                      # gone between the listing and now
-                    continue
-                break                          # name order: nothing after it is taken before it
-            self.waiting.pop(n, None)
-            self.last = n
-            items.append((kind, str(self.folder / n), payload))
-            if stop:
-                break
-        if not items:
-            stop.wait([], wait)
-        return items
-
-    def _read(self, p: Path, final: bool) -> tuple[str, object]:
-        """("array", a) | ("bad", message) | ("wait", None): a .npy still being written."""
-        try:
-            st = os.stat(p)
-        except FileNotFoundError:
-            if os.path.islink(p):
-                return "bad", f"dangling symbolic link (to {os.readlink(p)!r})"
-            return "wait", None                # gone between the listing and now
-        except OSError as e:
-            return "bad", f"cannot be read ({e.strerror or e})"
-        if not stat.S_ISREG(st.st_mode):
-            what = ("a directory" if stat.S_ISDIR(st.st_mode) else
-                    "a FIFO (never opened: reading it would block)" if stat.S_ISFIFO(st.st_mode) else
-                    "not a regular file")
-            return "bad", f"is {what}; expected a .npy snippet file"
-        try:
-            with open(p, "rb") as f:
-                head = f.read(min(st.st_size, 8 + 4 + MAX_HEADER_BYTES))
-                try:
-                    h = _npy_header(head)
-                except _Bad as e:
-                    return "bad", str(e)
-                if h is not None:
-                    hlen, shape, fortran, dtype = h
-                    problem = _shape_problem(shape, dtype)
-                    if problem is not None:
-                        return "bad", problem
-                    need = _data_bytes(shape, dtype)
-                    if st.st_size >= hlen + need:
-                        f.seek(hlen)
-                        raw = f.read(need)
-                        if len(raw) == need:
-                            return "array", _array(raw, shape, fortran, dtype)
-        except OSError as e:
-            return "bad", f"cannot be read ({e.strerror or e})"
-        # Incomplete: retried while it changes; reported once it has not for a while.
-        now = time.monotonic()
-        key = (st.st_size, st.st_mtime_ns)
-        prev = self.waiting.get(p.name)
-        if prev is None or prev[0] != key:
-            self.waiting[p.name] = (key, now)
-            prev = self.waiting[p.name]
-        if final or now - prev[1] >= INCOMPLETE_GRACE_S:
-            self.waiting.pop(p.name, None)
-            what = "its .npy header" if h is None else f"the {hlen + need} bytes its header announces"
-            return "bad", (f"truncated: {st.st_size} bytes, short of {what}, and no longer growing; "
-                           f"expected a complete .npy file (producers: write, then rename)")
-        return "wait", None
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -506,6 +244,17 @@ def _event_line(u) -> dict:
 _PATH = dict(path_type=Path)
 
 
+def _key_values(ctx, param, values):
+    """KEY=VALUE strings -> [(key, value)], or a usage error naming the bad one."""
+    out = []
+    for v in values:
+        key, sep, value = v.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{v!r}; expected KEY=VALUE (an FFmpeg option, e.g. rtsp_transport=tcp)")
+        out.append((key.strip(), value))
+    return tuple(out)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=_HELP_EPILOG)
 @click.argument("source", metavar="SOURCE")
@@ -560,27 +309,38 @@ _PATH = dict(path_type=Path)
 @click.option("--poll", type=click.FloatRange(min=0.0, min_open=True), default=0.25, show_default=True,
               metavar="SECONDS", help="How often a directory SOURCE is listed.")
 @click.option("--idle-timeout", type=click.FloatRange(min=0.0, min_open=True), default=None, metavar="SECONDS",
-              help="End the stream (flush, exit) when no snippet arrived for this long [wait forever; "
-                   "stdin ends at EOF].")
+              help="End the stream (flush, exit) when no snippet (video: no frame) arrived for this long "
+                   "[wait forever; stdin ends at EOF]. With a stream URL it also bounds FFmpeg's open and reads.")
+@click.option("--extractor", "extractor", default=None, metavar="FILE", type=click.Path(dir_okay=False, **_PATH),
+              help="I3D extractor (.onnx from `bnwvad-export i3d`): required for a video SOURCE (file or URL), "
+                   "decoded with PyAV (the `video` extra).")
+@click.option("--video-fps", type=click.FloatRange(min=0.0, min_open=True), default=None, metavar="F",
+              help="Video SOURCE: resample to F fps by timestamp first (default: every decoded frame).")
+@click.option("--video-option", "video_options", multiple=True, metavar="KEY=VALUE", callback=_key_values,
+              help="Video SOURCE: an FFmpeg demuxer / protocol option (repeat the option), e.g. "
+                   "rtsp_transport=tcp, probesize=500000, fflags=nobuffer.")
 @click.option("--quiet", "-q", is_flag=True, help="No information lines on stderr (errors only).")
 @click.pass_context
 def main(ctx, source, model, window, lookahead, step, output, append_other_model, backend, strict, threads,
          arena, device_id, sidecar, crops, any_crops, memory_budget, threshold, calibrate, root,
-         false_alarm_rate, min_event_snippets, max_gap, fps, poll, idle_timeout, quiet):
-    """Score a live source of snippet features as it arrives (windowed BN-WVAD, no torch): one JSON
-    line per final snippet and per event start / end."""
+         false_alarm_rate, min_event_snippets, max_gap, fps, poll, idle_timeout, extractor, video_fps,
+         video_options, quiet):
+    """Score a live source of snippet features (or, with --extractor, a video file or camera URL) as it
+    arrives (windowed BN-WVAD, no torch): one JSON line per final snippet and per event start / end."""
     if threshold is not None and calibrate:
         raise click.UsageError("give --threshold or --calibrate, not both")
     if crops is not None and any_crops:
         raise click.UsageError("give --crops N or --any-crops, not both")
     if threshold is not None and not math.isfinite(threshold):
         raise click.BadParameter(f"{threshold}; expected a finite number", param_hint="--threshold")
-    if source != "-":
+    video = _video_source(source, extractor, video_fps, video_options)
+    if source != "-" and not video:
         p = Path(source)
         if not p.is_dir():
             what = "does not exist" if not p.exists() else "is not a directory"
-            raise click.BadParameter(f"{source} {what}; expected '-' (stdin) or a directory that snippet "
-                                     f"files arrive in", param_hint="SOURCE")
+            raise click.BadParameter(f"{source} {what}; expected '-' (stdin), a directory that snippet "
+                                     f"files arrive in, or a video file / stream URL (with --extractor)",
+                                     param_hint="SOURCE")
     if output is not None and output.exists() and not output.is_file():
         raise click.BadParameter(f"{output} exists and is not a regular file", param_hint="--output")
     opts = dict(source=source, model=model, window=window, lookahead=lookahead, step=step, output=output,
@@ -588,10 +348,40 @@ def main(ctx, source, model, window, lookahead, step, output, append_other_model
                 arena=arena, device_id=device_id, sidecar=sidecar, crops=crops, any_crops=any_crops,
                 memory_budget=memory_budget, threshold=threshold, calibrate=calibrate, root=root,
                 false_alarm_rate=false_alarm_rate, min_event_snippets=min_event_snippets, max_gap=max_gap,
-                fps=fps, poll=poll, idle_timeout=idle_timeout, quiet=quiet)
+                fps=fps, poll=poll, idle_timeout=idle_timeout, quiet=quiet,
+                video=dict(extractor=extractor, fps=video_fps, options=dict(video_options)) if video else None)
     with _Stop() as stop:
         code = _run(stop, **opts)
     ctx.exit(code)
+
+
+def _video_source(source: str, extractor, video_fps, video_options) -> bool:
+    """Whether SOURCE is video (a file by extension, or a stream URL); usage errors (exit 2)
+    for a video without --extractor and for the video options with a features source."""
+    from .inputs import VIDEO_EXTENSIONS, is_video_path
+    from .video import is_stream_url
+
+    url = is_stream_url(source)
+    video = url or (source != "-" and is_video_path(source) and not Path(source).is_dir())
+    if video and extractor is None:
+        what = "a stream URL" if url else "a video file"
+        raise click.UsageError(
+            f"SOURCE {source} is {what}; streaming video needs the I3D feature extractor: add --extractor "
+            f"i3d.onnx (written by `bnwvad-export i3d WEIGHTS -o i3d.onnx`). Feature sources are '-' (stdin) "
+            f"or a directory of .npy snippet files")
+    if not video:
+        given = [name for name, v in (("--extractor", extractor), ("--video-fps", video_fps),
+                                      ("--video-option", video_options)) if v]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)} given, but SOURCE {source} is a features source ('-' or a directory of .npy "
+                f"snippets); {given[0]} applies to a video SOURCE: a file ending in {' '.join(VIDEO_EXTENSIONS)} "
+                f"or a stream URL (rtsp:// rtmp:// http(s):// udp:// tcp:// srt:// file:)")
+    elif not url and not Path(source).is_file():
+        what = "does not exist" if not Path(source).exists() else "is not a regular file"
+        raise click.BadParameter(f"{source} {what}; expected a video file, or a stream URL such as "
+                                 f"rtsp://host/path", param_hint="SOURCE")
+    return bool(video)
 
 
 def _info(quiet: bool, msg: str) -> None:
@@ -601,7 +391,7 @@ def _info(quiet: bool, msg: str) -> None:
 
 def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_other_model, backend, strict,
          threads, arena, device_id, sidecar, crops, any_crops, memory_budget, threshold, calibrate, root,
-         false_alarm_rate, min_event_snippets, max_gap, fps, poll, idle_timeout, quiet) -> int:
+         false_alarm_rate, min_event_snippets, max_gap, fps, poll, idle_timeout, quiet, video=None) -> int:
     from .io import model_identity
     from .stream import StreamGroup
 
@@ -611,7 +401,7 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
         _error(f"--output {output}: cannot be opened for appending ({e.strerror or e})")
         return EXIT_NOTHING_RAN
     started = False
-    runner = None
+    runner = extraction = reader = None
     try:
         try:
             runner = _load_runner_once(model, backend, strict=strict, threads=threads, arena=arena,
@@ -639,6 +429,13 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
         except (RuntimeFailure, ValueError) as e:
             _error(str(e))
             return EXIT_NOTHING_RAN
+        if video is not None:          # the extractor before calibrating: its errors come first
+            from .cli import _open_extraction
+
+            extraction = _open_extraction(video["extractor"], backend, meta, crops, any_crops, video["fps"],
+                                          strict=strict, threads=threads, device_id=device_id)
+            if extraction is None:
+                return EXIT_NOTHING_RAN
         calibration = None
         failed_cal: list[str] = []
         if calibrate:
@@ -653,12 +450,19 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
                 _error("no calibration video could be scored; no threshold")
                 return EXIT_NOTHING_RAN
             threshold = calibration.threshold
+        if video is not None:          # opened last: a live source is read from here on
+            reader = _open_video(source, video, idle_timeout)
+            if reader is None:
+                return EXIT_NOTHING_RAN
+            # Event times in seconds follow the video's own rate, as bnwvad-infer's do.
+            fps = reader.effective_fps or fps
         if stop:
             click.echo(f"interrupted ({stop.signal}) before the stream started; nothing written", err=True)
             return EXIT_INTERRUPTED
         delay = group.delay
         fps_snip = meta.frames_per_snippet / fps
-        src_text = "stdin" if source == "-" else f"directory {source}"
+        src_text = ("stdin" if source == "-" else _video_text(source, reader, extraction) if reader is not None
+                    else f"directory {source}")
         thr_text = ("no threshold (no events)" if threshold is None else
                     f"threshold {threshold:.6g} given" if calibration is None else
                     f"threshold {threshold:.6g} calibrated on {calibration.videos} normal video(s) "
@@ -681,6 +485,7 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
             "calibration": calibration.to_dict() if calibration else None,
             "min_event_snippets": min_event_snippets, "max_gap": max_gap,
             "source": "-" if source == "-" else str(source),
+            **(_video_records(reader, extraction, video) if reader is not None else {}),
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
         try:
             lines.write(header)
@@ -688,7 +493,9 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
             _error(f"the output was closed before the stream started ({e})")
             return EXIT_NOTHING_RAN
         started = True
-        src = StdinSource(0) if source == "-" else DirectorySource(Path(source), poll)
+        src = (StdinSource(0) if source == "-" else
+               VideoSource(reader, extraction["runner"], extraction["crops"], label=source) if reader is not None
+               else DirectorySource(Path(source), poll))
         return _stream(stop, src, group, lines, threshold=threshold, meta=meta, fps=fps,
                        min_event_snippets=min_event_snippets, max_gap=max_gap, poll=poll,
                        idle_timeout=idle_timeout, quiet=quiet, source=source)
@@ -697,8 +504,55 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
             lines.close()
         else:
             lines.remove_if_unused()
+        # A decode thread blocked in a read of a silent source is not waited for long: after an
+        # idle timeout PyAV's read timeout frees it within a second; after a signal, not at all.
+        if reader is not None and not reader.close(timeout=0.5 if stop else 2.0):
+            _info(quiet, f"{source}: the decode thread is still blocked in a read; it ends with this process")
+        if extraction is not None:
+            extraction["runner"].close()
         if runner is not None:
             runner.close()
+
+
+def _open_video(source: str, video: dict, idle_timeout):
+    """The VideoReader of a video SOURCE (opened: fails at once when it cannot be), or None after
+    printing the error (the caller exits 2)."""
+    from .video import SHORT_SIDE, VideoError, VideoReader, is_stream_url
+
+    timeout = None
+    if is_stream_url(source):
+        # PyAV's interrupt callback, the one way out of a blocked network open or read (a signal
+        # is only seen once FFmpeg returns): the open waits at most --idle-timeout (else
+        # URL_OPEN_TIMEOUT_S); a read a second more than --idle-timeout (else forever), so the
+        # loop's own idle check (no frame for that long: exit 0) comes first and the thread's
+        # timeout only frees a read that would otherwise never return.
+        timeout = ((idle_timeout or URL_OPEN_TIMEOUT_S), None if idle_timeout is None else idle_timeout + 1.0)
+    try:
+        return VideoReader(source, fps=video["fps"], short_side=SHORT_SIDE, options=video["options"],
+                           timeout=timeout)
+    except VideoError as e:
+        _error(str(e))
+        return None
+
+
+def _video_text(source, reader, extraction) -> str:
+    info = reader.info
+    rate = f"{info.fps:g} fps" if info.fps else "frame rate unknown"
+    if reader.fps is not None:
+        rate += f", resampled to {reader.fps:g} fps"
+    ex = extraction["runner"]
+    return (f"video {source} ({info.width}x{info.height} {info.codec}, {rate}) through extractor {ex.path} "
+            f"({extraction['crops']} crop(s) per snippet, {ex.describe()})")
+
+
+def _video_records(reader, extraction, video) -> dict:
+    """The header's "extractor" (path, weights digest, precision, ...) and "video" records."""
+    info = reader.info
+    return {"extractor": extraction["record"],
+            "video": {"source": reader.source, "url": reader.url, "fps": reader.effective_fps,
+                      "declared_fps": info.fps, "resampled_fps": reader.fps, "width": info.width,
+                      "height": info.height, "codec": info.codec, "declared_frames": info.frames,
+                      "options": video["options"]}}
 
 
 def _calibrate(stop, runner, group, paths, *, root, crops, rate):
@@ -736,7 +590,8 @@ def _stream(stop, src, group, lines, *, threshold, meta, fps, min_event_snippets
             quiet, source) -> int:
     from .online_events import OnlineEvents
 
-    sid = "stdin" if source == "-" else Path(source).name or str(source)
+    video = isinstance(src, VideoSource)
+    sid = ("stdin" if source == "-" else source if video and src.reader.url else Path(source).name or str(source))
     handle = group.open(sid)
     events = (OnlineEvents(threshold, min_snippets=min_event_snippets, max_gap=max_gap,
                            frames_per_snippet=meta.frames_per_snippet, fps=fps)
@@ -750,10 +605,14 @@ def _stream(stop, src, group, lines, *, threshold, meta, fps, min_event_snippets
 
     written = 0
 
-    def emit(results) -> None:
+    def emit(results, timing=None) -> None:
         nonlocal event_count, written
         for r in results:
-            lines.write(_snippet_line(r))
+            line = _snippet_line(r)
+            if timing is not None:      # video: the snippet whose arrival made these final
+                line["extract_ms"] = round(timing[1], 3)
+                line["pipeline_ms"] = round((time.perf_counter() - timing[2]) * 1e3, 3)
+            lines.write(line)
             written += 1
             if events is not None:
                 for u in events.feed(int(r["snippet"]), float(r["anomaly"])):
@@ -770,7 +629,7 @@ def _stream(stop, src, group, lines, *, threshold, meta, fps, min_event_snippets
             elif kind == "bad":
                 bad += 1
                 last_activity = time.monotonic()
-                _fail(f"{name}: {payload}")
+                _fail(payload if payload.startswith(f"{name}:") else f"{name}: {payload}")
             elif kind == "array":
                 last_activity = time.monotonic()
                 if stop:
@@ -783,7 +642,7 @@ def _stream(stop, src, group, lines, *, threshold, meta, fps, min_event_snippets
                           f"{handle.snippets})")
                     continue
                 arrays += 1
-                emit(out)
+                emit(out, src.last if video else None)
 
     try:
         while not stop and ended is None:
@@ -791,7 +650,8 @@ def _stream(stop, src, group, lines, *, threshold, meta, fps, min_event_snippets
             if idle_timeout is not None:
                 left = idle_timeout - (time.monotonic() - last_activity)
                 if left <= 0:
-                    _info(quiet, f"no snippet arrived for {idle_timeout:g} s (--idle-timeout): the stream ends")
+                    _info(quiet, f"no {'frame' if video else 'snippet'} arrived for {idle_timeout:g} s (--idle-timeout): "
+                                 f"the stream ends")
                     if isinstance(src, DirectorySource):
                         # What is complete is taken; a file still short is reported as truncated.
                         take(src.poll(stop, 0.0, final=True))
@@ -826,12 +686,13 @@ def _stream(stop, src, group, lines, *, threshold, meta, fps, min_event_snippets
         except _OutputClosed:
             _silence_stdout()
         return EXIT_SOME_FAILED
-    why = {"eof": "end of input", "idle": "idle timeout",
-           "unreadable": "the source could not be read"}.get(ended, ended)
-    _info(quiet, f"{why}: {total} snippet(s) from {arrays} array(s) scored"
+    why = {"eof": "end of input", "idle": "idle timeout", "unreadable": "the source could not be read",
+           "broken": "the video stream ended on the failure named above"}.get(ended, ended)
+    _info(quiet, f"{why}: {total} snippet(s) "
+                 + (f"from {src.reader.frames_decoded} decoded frame(s)" if video else f"from {arrays} array(s)") + " scored"
                  + (f", {event_count} event(s)" if events is not None else "")
                  + (f"; {bad} snippet file(s)/array(s) skipped (named above)" if bad else ""))
-    return EXIT_SOME_FAILED if bad or ended == "unreadable" else EXIT_OK
+    return EXIT_SOME_FAILED if bad or ended in ("unreadable", "broken") else EXIT_OK
 
 
 def _silence_stdout() -> None:

@@ -18,7 +18,10 @@ The protocol (../shared/reference/README.md, "i3d/"), in one place, torch-free:
 5. pixels `x / 255 * 2 - 1`, laid out (C, 3, 16, 224, 224) float32: one clip per crop.
 
 `VideoReader` decodes a file with PyAV in a background thread into a bounded queue of 16-frame
-`Snippet`s (resampled and resized there), so memory does not grow with the video's length.
+`Snippet`s (resampled and resized there), so memory does not grow with the video's length. It
+also opens stream URLs FFmpeg reads (`is_stream_url`: rtsp://, http(s)://, udp://, file:, ...)
+of unknown length, with FFmpeg options and a read timeout; `get(timeout)` lets a live consumer
+wait for the next snippet without blocking past its own deadlines.
 PyAV is imported on first use; without it the error says `pip install "bnwvad[video]"`.
 
 numpy only: importing this module needs neither torch nor PyAV.
@@ -29,10 +32,11 @@ import math
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +50,18 @@ FIVE_CROPS = ("top_left", "top_right", "bottom_left", "bottom_right", "centre")
 # Timestamps closer than this (seconds) are the same instant (float rounding of pts * time_base).
 TIME_EPS = 1e-6
 VIDEO_EXTRA = 'pip install "bnwvad[video]"'
+# Protocols a SOURCE may name as "scheme:..." to be opened by FFmpeg as a stream, not as a path
+# (a Windows drive "C:" is one letter, never one of these).
+URL_SCHEMES = ("file", "http", "https", "rtmp", "rtmps", "rtp", "rtsp", "rtsps", "srt", "tcp", "udp")
+
+
+def is_stream_url(source) -> bool:
+    """Whether `source` is a URL FFmpeg opens by protocol (rtsp://cam/1, udp://@:1234, file:x.ts)
+    rather than a file path: a string starting with one of URL_SCHEMES and ':'."""
+    if not isinstance(source, str):
+        return False
+    scheme, sep, _ = source.partition(":")
+    return bool(sep) and scheme.lower() in URL_SCHEMES
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -372,12 +388,15 @@ class VideoInfo:
 class Snippet:
     """One snippet: `frames` (16, H, W, 3) uint8 (shorter side 256 when the reader resizes),
     `index` (0-based), `first_frame` (index of its first frame in the sequence snippets are cut
-    from: decoded frames, or resampled ones with fps), `times` (seconds, one per frame)."""
+    from: decoded frames, or resampled ones with fps), `times` (seconds, one per frame),
+    `ready_at` (time.perf_counter() when its last frame was decoded and resized: what a live
+    consumer measures its latency from)."""
 
     index: int
     frames: np.ndarray
     first_frame: int
     times: np.ndarray
+    ready_at: float = 0.0
 
 
 class _Failure:
@@ -398,7 +417,7 @@ def _parse_duration_tag(text) -> float | None:
 
 
 class VideoReader:
-    """Decode a video file into 16-frame snippets in a background thread.
+    """Decode a video file (or stream URL) into 16-frame snippets in a background thread.
 
         with VideoReader("a.mp4", fps=None, short_side=256) as reader:
             print(reader.info)                    # VideoInfo
@@ -411,11 +430,24 @@ class VideoReader:
     rate by timestamp first (nearest frame). short_side: resize each frame in the decode
     thread (the protocol's 256; None keeps decoded frames). Errors (VideoError subclasses)
     are raised by the iteration after the snippets decoded before them. One iteration per reader.
+
+    A `path` that is_stream_url (rtsp://..., http://..., file:...) is opened by FFmpeg as given,
+    with `options` (FFmpeg's demuxer / protocol options, e.g. {"rtsp_transport": "tcp"}) and
+    `timeout` (PyAV's: seconds, or (open, read), after which a blocked network open or read
+    fails instead of waiting forever); its length may be unknown. `get(timeout)` is the
+    iteration's step for a consumer with its own deadlines: the next snippet, or None.
     """
 
     def __init__(self, path: str | os.PathLike, *, fps: float | None = None, short_side: int | None = None,
-                 frames_per_snippet: int = FRAMES_PER_SNIPPET, max_queued: int = 2, decoder_threads: int = 0):
-        self.path = Path(path)
+                 frames_per_snippet: int = FRAMES_PER_SNIPPET, max_queued: int = 2, decoder_threads: int = 0,
+                 options: Mapping[str, str] | None = None, timeout: float | tuple | None = None):
+        self.url = is_stream_url(path)
+        # A URL stays a string: Path() would fold its "//".
+        self.path = None if self.url else Path(path)
+        self.source = str(path) if self.url else str(self.path)
+        self.options = {str(k): str(v) for k, v in (options or {}).items()}
+        self.timeout = timeout
+        self.ended = False                  # the end (or a failure) was delivered by get()
         self.fps = None if fps is None else _check_fps(fps)
         self.short_side = None if short_side is None else int(short_side)
         self.frames_per_snippet = int(frames_per_snippet)
@@ -428,7 +460,7 @@ class VideoReader:
         self._queue: queue.Queue = queue.Queue(maxsize=self.max_queued)
         self._container = None
         self._av = import_av()
-        if not self.path.is_file():
+        if not self.url and not self.path.is_file():
             raise VideoOpenError(f"{self.path}: no such video file", path=self.path)
         self._container, self._stream = self._open(decoder_threads)
         s, c = self._stream, self._container
@@ -440,7 +472,7 @@ class VideoReader:
             duration = _parse_duration_tag(s.metadata.get("DURATION"))
         self._container_duration = c.duration / 1e6 if c.duration else None
         ctx = s.codec_context
-        self.info = VideoInfo(path=str(self.path), width=int(ctx.width or 0), height=int(ctx.height or 0),
+        self.info = VideoInfo(path=self.source, width=int(ctx.width or 0), height=int(ctx.height or 0),
                               fps=rate, frames=int(s.frames) if s.frames else None, duration=duration,
                               codec=str(ctx.name))
 
@@ -450,23 +482,30 @@ class VideoReader:
         return self.fps if self.fps is not None else self.info.fps
 
     def _open(self, decoder_threads: int):
-        av = self._av
-        expected = "expected a video file FFmpeg can decode (e.g. .mp4, .mkv, .avi, .webm)"
+        av, src = self._av, self.source
+        expected = ("expected a video stream FFmpeg can open (rtsp://, rtmp://, http(s)://, udp://, tcp://, "
+                    "srt://, file:), reachable from here" if self.url else
+                    "expected a video file FFmpeg can decode (e.g. .mp4, .mkv, .avi, .webm)")
         try:
-            container = av.open(str(self.path), mode="r")
+            container = av.open(src, mode="r", options=self.options, timeout=self.timeout)
         except EOFError:                                  # av.error.EOFError: nothing after the header
-            raise VideoTooShortError(f"{self.path}: the file ends before its first video frame (0 frames); "
-                                     f"expected a video of at least {self.frames_per_snippet} frames",
-                                     path=self.path, frames=0) from None
+            raise VideoTooShortError(f"{src}: the {'stream' if self.url else 'file'} ends before its first video "
+                                     f"frame (0 frames); expected a video of at least {self.frames_per_snippet} "
+                                     f"frames", path=src, frames=0) from None
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+            if self.url:
+                waited = (f" within the {self.timeout if not isinstance(self.timeout, tuple) else self.timeout[0]:g} "
+                          f"s open timeout" if self.timeout is not None and isinstance(e, av.ExitError) else "")
+                raise VideoOpenError(f"{src}: cannot be opened{waited} (FFmpeg says: {_ffmpeg_message(e)}); "
+                                     f"{expected}", path=src) from None
             size = self.path.stat().st_size if self.path.exists() else 0
-            raise VideoOpenError(f"{self.path}: cannot be read as a video ({size} bytes; FFmpeg says: "
-                                 f"{_ffmpeg_message(e)}); {expected}", path=self.path) from None
+            raise VideoOpenError(f"{src}: cannot be read as a video ({size} bytes; FFmpeg says: "
+                                 f"{_ffmpeg_message(e)}); {expected}", path=src) from None
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             container.close()
-            raise VideoOpenError(f"{self.path}: has no video stream (streams: {', '.join(kinds)}); {expected}",
-                                 path=self.path)
+            raise VideoOpenError(f"{src}: has no video stream (streams: {', '.join(kinds)}); {expected}",
+                                 path=src)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if decoder_threads:
@@ -492,7 +531,7 @@ class VideoReader:
             self._put(_END)
 
     def _decode_all(self) -> None:
-        av, path, fps = self._av, self.path, self.fps
+        av, path, fps = self._av, self.source, self.fps
         per = self.frames_per_snippet
         resampler = NearestResampler(fps) if fps is not None else None
         rate = self.info.fps
@@ -511,7 +550,7 @@ class VideoReader:
                 self.frames_used += 1
                 if len(frames) == per:
                     snip = Snippet(index=put, frames=np.stack(frames), first_frame=put * per,
-                                   times=np.asarray(times, dtype=np.float64))
+                                   times=np.asarray(times, dtype=np.float64), ready_at=time.perf_counter())
                     frames, times = [], []
                     if not self._put(snip):
                         return False
@@ -528,10 +567,12 @@ class VideoReader:
                 break
             except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
                 where = f" ({last_t:.2f} s)" if last_t is not None else ""
+                cause = ("no data within the read timeout, or the connection was lost" if self.url else
+                         "the file is corrupted or truncated")
                 raise VideoDecodeError(
                     f"{path}: decoding broke at frame {decoded}{where} after {put} complete snippet(s) "
-                    f"({_ffmpeg_message(e)}); expected a stream that decodes to its end: the file is "
-                    f"corrupted or truncated. The {put} snippet(s) before the break were delivered",
+                    f"({_ffmpeg_message(e)}); expected a stream that decodes to its end: {cause}. "
+                    f"The {put} snippet(s) before the break were delivered",
                     path=path, frame_index=decoded, snippets=put) from None
             arr = frame.to_ndarray(format="rgb24")
             if shape is None:
@@ -587,39 +628,64 @@ class VideoReader:
             short = f"it declares {info.frames} frames"
         if short is not None:
             raise VideoDecodeError(
-                f"{self.path}: the stream broke off after frame {decoded - 1} ({decoded} frames decoded, {put} "
+                f"{self.source}: the stream broke off after frame {decoded - 1} ({decoded} frames decoded, {put} "
                 f"complete snippet(s)): {short}; expected the whole declared length (the file is truncated or "
                 f"corrupted). The {put} snippet(s) before the break were delivered",
-                path=self.path, frame_index=decoded, snippets=put)
+                path=self.source, frame_index=decoded, snippets=put)
 
     # -- the consumer side --
+    def _start(self) -> None:
+        if self._thread is None:
+            name = Path(self.source).name if not self.url else self.source
+            self._thread = threading.Thread(target=self._decode, name=f"decode:{name}", daemon=True)
+            self._thread.start()
+
+    def get(self, timeout: float) -> Snippet | None:
+        """The next snippet, waiting at most `timeout` seconds for it (the decode thread starts on
+        the first call); None when none came in time, or once the video ended (then `ended` is
+        True). The error that ended decoding (a VideoError) is raised after the snippets before it."""
+        if self.ended:
+            return None
+        self._start()
+        try:
+            item = self._queue.get(timeout=max(0.0, float(timeout)))
+        except queue.Empty:
+            if not self._thread.is_alive() and self._queue.empty():
+                self.ended = True
+                raise VideoError(f"{self.source}: the decode thread ended without a result",
+                                 path=self.source) from None
+            return None
+        if item is _END:
+            self.ended = True
+            return None
+        if isinstance(item, _Failure):
+            self.ended = True
+            raise item.error
+        self.snippets += 1
+        return item
+
     def __iter__(self) -> Iterator[Snippet]:
         if self._thread is not None:
-            raise VideoError(f"{self.path}: a VideoReader is iterated once; open a new one", path=self.path)
-        self._thread = threading.Thread(target=self._decode, name=f"decode:{self.path.name}", daemon=True)
-        self._thread.start()
+            raise VideoError(f"{self.source}: a VideoReader is iterated once; open a new one", path=self.source)
+        self._start()
         try:
             while True:
-                try:
-                    item = self._queue.get(timeout=0.5)
-                except queue.Empty:
-                    if not self._thread.is_alive() and self._queue.empty():
-                        raise VideoError(f"{self.path}: the decode thread ended without a result",
-                                         path=self.path) from None
-                    continue
-                if item is _END:
+                snip = self.get(0.5)
+                if snip is not None:
+                    yield snip
+                elif self.ended:
                     return
-                if isinstance(item, _Failure):
-                    raise item.error
-                self.snippets += 1
-                yield item
         finally:
             self.close()
 
-    def close(self) -> None:
-        """Stop the decode thread (if running) and close the file."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the decode thread (if running) and close the file. timeout: wait at most this
+        long for the thread, which a live source that sends nothing can hold in a blocking read
+        (a FIFO; a network read without a read timeout): it is then left to end with the process
+        (a daemon), the container is not closed under it, and False is returned."""
         self._stop.set()
         thread = self._thread
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             while thread.is_alive():
                 try:                                # unblock a put() waiting for room
@@ -627,12 +693,15 @@ class VideoReader:
                 except queue.Empty:
                     pass
                 thread.join(timeout=0.05)
+                if deadline is not None and thread.is_alive() and time.monotonic() > deadline:
+                    return False
         if self._container is not None:
             try:
                 self._container.close()
             except Exception:           # closing a broken container may complain; nothing to keep
                 pass
             self._container = None
+        return True
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -660,6 +729,6 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 __all__ = ["CROP_COUNTS", "CROP_SIZE", "FIVE_CROPS", "NearestResampler", "SHORT_SIDE", "Snippet",
            "VideoDecodeError", "VideoDependencyError", "VideoError", "VideoInfo", "VideoOpenError",
-           "VideoReader", "VideoTooShortError", "as_rgb", "crop_boxes", "crop_names", "import_av",
-           "iter_frame_snippets", "probe", "resample_indices", "resize_frames", "resize_weights",
+           "VideoReader", "VideoTooShortError", "URL_SCHEMES", "as_rgb", "crop_boxes", "crop_names", "import_av",
+           "is_stream_url", "iter_frame_snippets", "probe", "resample_indices", "resize_frames", "resize_weights",
            "resize_taps", "resized_size", "snippet_clips", "snippet_count"]

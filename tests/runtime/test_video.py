@@ -342,6 +342,93 @@ def test_reader_stops_early_and_is_single_use(videos):
         list(reader)
 
 
+
+# -- live sources: URLs, get(timeout), a bounded close --------------------------------------
+def test_is_stream_url():
+    from bnwvad.runtime.video import is_stream_url
+
+    for url in ("rtsp://cam/1", "RTSP://cam/1", "rtmp://h/app", "http://h/a.mp4", "https://h/x", "udp://@:1234",
+                "tcp://127.0.0.1:9000", "srt://h:9000", "file:a.ts", "file:///tmp/a.ts"):
+        assert is_stream_url(url), url
+    for path in ("a.mp4", "/tmp/a.mkv", "C:/videos/a.mp4", "c:\\a.mp4", "-", "dir/with:colon.mp4",
+                 Path("rtsp://cam/1"), ""):
+        assert not is_stream_url(path), path
+
+
+def test_reader_get_with_timeout_and_file_url(videos):
+    """get(timeout) yields what iteration yields, then None with `ended`; a file: URL (opened
+    by FFmpeg's protocol, the source kept as given) decodes the same frames."""
+    url = f"file:{videos['mkv']}"
+    reader = VideoReader(url)
+    assert reader.url and reader.path is None and reader.source == url and reader.info.path == url
+    got = []
+    while not reader.ended:
+        snip = reader.get(0.05)
+        if snip is not None:
+            got.append(snip)
+            assert snip.ready_at > 0
+    assert reader.get(0.0) is None and reader.close()
+    assert [s.index for s in got] == [0, 1]
+    np.testing.assert_array_equal(np.concatenate([s.frames for s in got]), videos["frames"][:32])
+
+
+def test_reader_close_is_bounded_when_the_source_sends_nothing(tmp_path):
+    """A live source that stops sending holds the decode thread in a read: close(timeout)
+    returns False instead of waiting for it; PyAV's read timeout turns the stall into a named
+    VideoDecodeError after the snippets before it."""
+    import socket
+    import threading
+    import time
+
+    # .ts: an MPEG-TS stream, what a camera sends (no declared length)
+    data = write_video(tmp_path / "cam.ts", numbered_frames(48, 48, 64), codec="mpeg2video",
+                       pix_fmt="yuv420p").read_bytes()
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(30)
+    url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    release = threading.Event()
+
+    def camera():                    # sends the stream, then stays connected and silent
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(data)
+            release.wait(30)
+
+    for timeout, stalls in ((None, True), ((5.0, 0.5), False)):
+        release.clear()
+        t = threading.Thread(target=camera, daemon=True)
+        t.start()
+        reader = VideoReader(url, timeout=timeout)
+        got, error = [], None
+        deadline = time.monotonic() + 20
+        # Stalling: until nothing more comes (the last frames stay in the demuxer and decoder
+        # until more data or the end, and the thread waits in its read); with a read timeout:
+        # until the timeout ends decoding.
+        while error is None and time.monotonic() < deadline:
+            try:
+                snip = reader.get(0.5)
+            except VideoDecodeError as e:
+                error = e
+                break
+            if snip is not None:
+                got.append(snip)
+            elif got and stalls:
+                break
+        assert len(got) >= 1
+        if stalls:                   # no read timeout: the thread waits in the read
+            t0 = time.monotonic()
+            assert reader.close(timeout=0.3) is False and time.monotonic() - t0 < 2
+            release.set()            # the camera hangs up: the read returns, the thread ends
+            reader._thread.join(10)
+            assert not reader._thread.is_alive()
+        else:
+            assert error is not None and url in str(error) and "read timeout" in str(error)
+            assert error.snippets == len(got)
+            assert reader.close(timeout=1.0)
+            release.set()
+        t.join(10)
+    server.close()
+
 # -- bad videos -------------------------------------------------------------------------------
 def test_unreadable_files(tmp_path):
     pytest.importorskip("av")

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from .features import Video, group_videos, load_video, read_list
-from .metrics import (FRAMES_PER_SNIPPET, Annotations, EvaluationError, evaluate_scores,
-                      read_annotations, read_snippet_counts, snippet_counts_from_features)
+from .annotations import read_annotations, read_snippet_counts, snippet_counts_from_features
+from .metrics import FRAMES_PER_SNIPPET, Annotations, EvaluationError, evaluate_scores
 from .plot import plot_score_curves
 
 if TYPE_CHECKING:
@@ -169,12 +169,16 @@ class VideoScores(NamedTuple):
 
 
 def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
-    """'auto' (or None): CUDA when available, else CPU; anything else as torch reads it."""
+    """'auto' (or None): CUDA when available, else CPU; anything else as torch reads it. A
+    CUDA request without CUDA, or a name torch does not know, is a ValueError."""
     import torch
 
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} requested but CUDA is not available here; "
                          f"use --device cpu or auto")
@@ -240,7 +244,7 @@ def evaluate_model(model: "BNWVAD", test_videos: Sequence[Video], annotations: A
 
     model: a BNWVAD (any mode; restored afterwards). test_videos: `bnwvad.features.Video`s
     in test-list order (``group_videos(read_list(list, root))``). annotations: from
-    `bnwvad.metrics.read_annotations`. device: where the model already is (default: its
+    `bnwvad.annotations.read_annotations`. device: where the model already is (default: its
     parameters' device). snippets: optional ``{video: T}`` to check the feature lengths
     against. load: the feature loader (see `score_videos`). Returns
     `bnwvad.metrics.evaluate_scores`'s dict: ``auc``, ``ap`` (published trapezoid form),

@@ -2,7 +2,9 @@
 
 numpy + scikit-learn only (no torch): training, the torch-free runtime, `bnwvad-eval
 --scores` and the benchmark all compute their numbers with this module, so a deployed
-model is measured by exactly the code that measures the PyTorch one.
+model is measured by exactly the code that measures the PyTorch one. The files it needs
+are read beside it: annotation files and snippet counts by `bnwvad.annotations`,
+precomputed scores (and which recorded runs wrote them) by `bnwvad.score_folders`.
 
 The protocol (`shared/datasets/README.md`):
 
@@ -36,22 +38,17 @@ this), 16 times faster.
 """
 from __future__ import annotations
 
-import csv
 import math
-import os
-import re
 import warnings
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 from sklearn.metrics import auc as _trapezoid_auc
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from .features import XD_CLASSES, FeatureFileError, read_npy, read_npy_header
+from .features import XD_CLASSES
 
 FRAMES_PER_SNIPPET = 16
-ANNOTATION_FORMATS = ("ucf", "xd")
 # Class tags that mean "normal" in the benchmarks' names (XD `_label_A`, UCF `Normal`).
 NORMAL_TAGS = frozenset({"A", "Normal"})
 
@@ -72,169 +69,6 @@ class VideoLike(Protocol):
     name: str
     label: int | None
     classes: tuple[str, ...]
-
-
-# --------------------------------------------------------------------------------------
-# Annotation files
-# --------------------------------------------------------------------------------------
-def _is_int(tok: str) -> bool:
-    return re.fullmatch(r"[+-]?\d+", tok) is not None
-
-
-def detect_annotation_format(path: str | os.PathLike) -> str:
-    """'ucf' or 'xd', from the first non-empty line of an annotation file.
-
-    UCF-Crime lines are ``<Class>/<Video>.mp4 <frames> <Class> s1 e1 s2 e2`` (the third
-    token is a class name); XD-Violence lines are ``<video> s1 e1 [s2 e2 ...]`` (integers
-    after the name).
-    """
-    p = Path(path)
-    for lineno, line in enumerate(_read_lines(p), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) >= 3 and _is_int(parts[1]) and not _is_int(parts[2]):
-            return "ucf"
-        if all(_is_int(t) for t in parts[1:]):
-            return "xd"
-        raise AnnotationError(
-            f"{p}:{lineno}: cannot tell the annotation format from {line.strip()!r}; expected "
-            f"UCF-Crime '<Class>/<Video>.mp4 <frames> <Class> s1 e1 s2 e2' or XD-Violence "
-            f"'<video> s1 e1 [s2 e2 ...]'")
-    raise AnnotationError(f"{p}: the annotation file has no lines; expected one line per annotated video")
-
-
-def _read_lines(p: Path) -> list[str]:
-    if not p.is_file():
-        raise AnnotationError(f"{p}: no such annotation file")
-    try:
-        return p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"{p}: not a UTF-8 text file ({e}); expected an annotation list") from None
-
-
-def read_annotations(path: str | os.PathLike, dataset: str | None = None) -> Annotations:
-    """Parse an annotation file into ``{video name: ((s, e), ...)}``.
-
-    `dataset` is the format: 'ucf' (UCF-Crime), 'xd' (XD-Violence, also the generic
-    ``<video> s1 e1 ...`` form used for ShanghaiTech and the demo set), or None to detect
-    it. Video names are those of the feature files without the crop suffix: UCF-Crime's
-    ``Arson/Arson022_x264.mp4`` becomes ``Arson022_x264``. ``-1 -1`` pairs (UCF-Crime's
-    "no event") are skipped. Events are frame indices, 0-based and end-exclusive.
-
-    Raises AnnotationError naming the file and line for a malformed line (non-integer or
-    negative frame index other than a -1 pair, an odd number of indices, an end before its
-    start, a video listed twice).
-    """
-    p = Path(path)
-    fmt = dataset
-    if fmt in (None, "auto"):
-        fmt = detect_annotation_format(p)
-    elif fmt not in ANNOTATION_FORMATS:
-        raise ValueError(f"annotation format {dataset!r}; expected one of {ANNOTATION_FORMATS} or None")
-    out: dict[str, tuple[tuple[int, int], ...]] = {}
-    for lineno, line in enumerate(_read_lines(p), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        where = f"{p}:{lineno}"
-        if fmt == "ucf":
-            if len(parts) != 7:
-                raise AnnotationError(
-                    f"{where}: {len(parts)} fields in {line.strip()!r}; expected 7 (UCF-Crime: "
-                    f"'<Class>/<Video>.mp4 <frames> <Class> s1 e1 s2 e2', -1 for no event)")
-            if not _is_int(parts[1]):
-                raise AnnotationError(f"{where}: frame count {parts[1]!r} is not an integer")
-            name = Path(parts[0]).name
-            name = name[:-4] if name.lower().endswith(".mp4") else name
-            nums = parts[3:]
-        else:
-            name, nums = parts[0], parts[1:]
-            if len(nums) % 2:
-                raise AnnotationError(
-                    f"{where}: {len(nums)} frame indices for {name!r}; expected pairs "
-                    f"'s e' (XD-Violence: '<video> s1 e1 [s2 e2 ...]')")
-        bad = [t for t in nums if not _is_int(t)]
-        if bad:
-            raise AnnotationError(f"{where}: {bad[0]!r} is not an integer frame index "
-                                  f"(line {line.strip()!r})")
-        vals = [int(t) for t in nums]
-        events = []
-        for s, e in zip(vals[0::2], vals[1::2]):
-            if s == -1 and e == -1:
-                continue                     # UCF-Crime's placeholder for "no event"
-            if s < 0 or e < 0:
-                raise AnnotationError(f"{where}: event ({s}, {e}) of {name!r} has a negative frame "
-                                      f"index; expected 0 <= start <= end (or '-1 -1' for none)")
-            if e < s:
-                raise AnnotationError(f"{where}: event ({s}, {e}) of {name!r} ends before it starts; "
-                                      f"expected start <= end (0-based, end-exclusive)")
-            events.append((s, e))
-        if name in out:
-            raise AnnotationError(f"{where}: video {name!r} is annotated twice; expected one line per video")
-        out[name] = tuple(events)
-    if not out:
-        raise AnnotationError(f"{p}: the annotation file has no lines; expected one line per annotated video")
-    return out
-
-
-# --------------------------------------------------------------------------------------
-# Snippet counts
-# --------------------------------------------------------------------------------------
-def read_snippet_counts(path: str | os.PathLike, videos: Sequence[VideoLike] | None = None, *,
-                        list_file: str | os.PathLike | None = None) -> dict[str, int]:
-    """``{video: T}`` from a CSV with a header holding ``video`` and ``snippets`` columns
-    (the datasets' ``test_snippets.csv``).
-
-    With `videos` (a test list's, read from `list_file`): every one must have a row, and the
-    result holds exactly those videos, in their order.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise EvaluationError(f"{p}: no such snippet-count file")
-    with open(p, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        if "video" not in cols or "snippets" not in cols:
-            raise EvaluationError(f"{p}: header {cols}; expected a CSV with columns 'video' and 'snippets'")
-        out: dict[str, int] = {}
-        for row in reader:
-            lineno = reader.line_num
-            name, t = (row.get("video") or "").strip(), (row.get("snippets") or "").strip()
-            if not _is_int(t) or int(t) < 1:
-                raise EvaluationError(f"{p}:{lineno}: snippets {t!r} for {name!r}; expected a positive integer")
-            if name in out:
-                raise EvaluationError(f"{p}:{lineno}: video {name!r} listed twice")
-            out[name] = int(t)
-    if videos is None:
-        return out
-    missing = [v.name for v in videos if v.name not in out]
-    if missing:
-        of = f" of {list_file}" if list_file is not None else ""
-        raise EvaluationError(f"{p}: no snippet count for {len(missing)} test videos, first "
-                              f"{missing[0]!r}; expected a row per video{of}")
-    return {v.name: out[v.name] for v in videos}
-
-
-def snippet_counts_from_features(videos: Iterable[Any]) -> dict[str, int]:
-    """``{video: T}`` read from the headers of each video's feature files (no data read).
-
-    `videos` are `bnwvad.features.Video`s: per-crop files are (T, D), a stacked file is
-    (T, C, D); every crop of a video must have the same T.
-    """
-    out = {}
-    for v in videos:
-        ts = set()
-        for path in v.paths:
-            try:
-                ts.add(read_npy_header(path, ndim=(2, 3))[0][0])
-            except FeatureFileError as e:
-                raise EvaluationError(str(e)) from None
-        if len(ts) != 1:
-            raise EvaluationError(f"video {v.name!r}: its crop files disagree on T {sorted(ts)} "
-                                  f"({v.paths[0].parent})")
-        out[v.name] = ts.pop()
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -456,121 +290,8 @@ def evaluate_scores(scores: Mapping[str, Any], videos: Sequence[VideoLike],
 
 
 # --------------------------------------------------------------------------------------
-# Reading precomputed scores and printing
+# Printing
 # --------------------------------------------------------------------------------------
-def load_score_dir(directory: str | os.PathLike, videos: Sequence[VideoLike]) -> dict[str, np.ndarray]:
-    """``{video: (T,) scores}`` from ``<directory>/<video>.npy`` (the runtime's output format).
-
-    Every test video must have its file; each is read by `bnwvad.features.read_npy` (never
-    unpickled) and must be a 1-D float array, dtype kept. Files for other videos are ignored.
-    """
-    d = Path(directory)
-    if not d.is_dir():
-        raise EvaluationError(f"{d}: no such score directory; expected one <video>.npy per test video")
-    missing = [f"{v.name}.npy" for v in videos if not (d / f"{v.name}.npy").is_file()]
-    if missing:
-        raise _missing_scores(str(d), missing, len(videos))
-    return _read_scores({v.name: d / f"{v.name}.npy" for v in videos})
-
-
-def _missing_scores(where: str, missing: Sequence[str], total: int, note: str = "") -> EvaluationError:
-    return EvaluationError(
-        f"{where}: no score file for {len(missing)} of {total} test videos, first {missing[0]!r}; "
-        f"expected one <video>.npy of snippet scores (T,) per test video{note}")
-
-
-def _read_scores(paths: Mapping[str, Path]) -> dict[str, np.ndarray]:
-    """Each 1-D float score file, by `read_npy` (never unpickled), dtype kept."""
-    out = {}
-    for name, path in paths.items():
-        try:
-            out[name] = read_npy(path, ndim=(1,), kind="score")
-        except FeatureFileError as e:
-            raise EvaluationError(str(e)) from None
-    return out
-
-
-def load_run_scores(directories: str | os.PathLike | Sequence[str | os.PathLike],
-                    videos: Sequence[VideoLike]) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """``{video: (T,) scores}`` from the ``--out`` folders of bnwvad-infer runs, all of ONE model,
-    and a description of the runs used (folder, weights digest, precision, status).
-
-    What `bnwvad-eval --scores` reads. Each folder's summary.json (the run's record) must exist
-    and list every score file taken from it; every test video's ``<video>.npy`` must be in
-    exactly one folder. Refused, naming the files and digests: a folder with no summary.json
-    (score files of no recorded run), a run that never finished, a score file the run does not
-    list (a stale file of an earlier run), folders written by different models (weights digest
-    or precision). The files are then read as by `load_score_dir`.
-    """
-    from .runtime.io import SUMMARY_FILE, RunFolderError, read_run
-
-    dirs = [Path(d) for d in ([directories] if isinstance(directories, (str, os.PathLike))
-                              else directories)]
-    if not dirs:
-        raise EvaluationError("no score directory given")
-    runs = {}
-    for d in dirs:
-        if not d.is_dir():
-            raise EvaluationError(f"{d}: no such score directory; expected the --out folder of a "
-                                  f"bnwvad-infer run (one <video>.npy per test video)")
-        try:
-            rec = read_run(d)
-        except RunFolderError as e:
-            raise EvaluationError(f"{e}; so which model wrote the score files in {d} is unknown. "
-                                  f"Fix: score the test set with bnwvad-infer into a new --out") from None
-        if rec is None:
-            some = sorted(p.name for p in d.glob("*.npy"))
-            shown = ", ".join(some[:3]) + (", ..." if len(some) > 3 else "")
-            raise EvaluationError(
-                f"{d}: no {SUMMARY_FILE}, so its {len(some)} score file(s) ({shown or 'none'}) come from no "
-                f"recorded bnwvad-infer run and which model wrote them is unknown; expected the --out "
-                f"folder of a bnwvad-infer run. Fix: score the test set with bnwvad-infer into a new --out")
-        if rec.status == "running":
-            raise EvaluationError(f"{rec.summary}: the bnwvad-infer run that wrote {d} never finished "
-                                  f"(killed?), so its files are not recorded. Fix: run it again")
-        runs[d] = rec
-    models: dict[tuple[str, str | None], list[Path]] = {}
-    for d, rec in runs.items():
-        models.setdefault((rec.model.digest, rec.model.precision), []).append(d)
-    if len(models) > 1:
-        parts = [f"{digest} ({precision or 'precision ?'}) in {', '.join(map(str, ds))}"
-                 for (digest, precision), ds in models.items()]
-        raise EvaluationError(f"the score folders were written by {len(models)} different models: "
-                              f"{'; '.join(parts)}; expected the scores of one model")
-    where: dict[str, Path] = {}
-    missing, unlisted, twice = [], {}, []
-    for v in videos:
-        name = f"{v.name}.npy"
-        found = [d for d in dirs if (d / name).is_file()]
-        if not found:
-            missing.append(name)
-        elif len(found) > 1:
-            twice.append((name, found))
-        elif name not in runs[found[0]].files:
-            unlisted.setdefault(found[0], []).append(name)
-        else:
-            where[v.name] = found[0]
-    if twice:
-        name, found = twice[0]
-        raise EvaluationError(f"{len(twice)} test video(s) have a score file in several folders, first "
-                              f"{name!r} in {', '.join(map(str, found))}; expected each in one")
-    if unlisted:
-        d, names = next(iter(unlisted.items()))
-        rec = runs[d]
-        raise EvaluationError(
-            f"{d}: {len(names)} score file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}) "
-            f"are not listed in its {SUMMARY_FILE}, so the run it records (model {rec.model.describe()}) "
-            f"did not write them (stale files of an earlier run?); expected only that run's scores")
-    if missing:
-        cut = [str(d) for d, rec in runs.items() if rec.status == "interrupted"]
-        raise _missing_scores(", ".join(map(str, dirs)), missing, len(videos),
-                              f" (the run in {', '.join(cut)} was interrupted)" if cut else "")
-    out = _read_scores({v.name: where[v.name] / f"{v.name}.npy" for v in videos})
-    used = [{"folder": str(d), "weights_digest": rec.model.digest, "precision": rec.model.precision,
-             "model": rec.model_path, "status": rec.status} for d, rec in runs.items()]
-    return out, used
-
-
 def _fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
@@ -612,9 +333,7 @@ def format_table(metrics: Mapping[str, Any], title: str | None = None) -> str:
 
 
 __all__ = [
-    "ANNOTATION_FORMATS", "AnnotationError", "Annotations", "EvaluationError", "FRAMES_PER_SNIPPET",
-    "abnormal_frame_mask", "binary_metrics", "detect_annotation_format", "evaluate_scores",
-    "format_table", "frame_scores", "ground_truth", "is_abnormal", "load_run_scores", "load_score_dir",
-    "read_annotations", "read_snippet_counts", "snippet_counts_from_features", "video_classes",
-    "video_ground_truth",
+    "AnnotationError", "Annotations", "EvaluationError", "FRAMES_PER_SNIPPET", "VideoLike",
+    "abnormal_frame_mask", "binary_metrics", "evaluate_scores", "format_table", "frame_scores",
+    "ground_truth", "is_abnormal", "video_classes", "video_ground_truth",
 ]

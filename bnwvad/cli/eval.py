@@ -38,7 +38,8 @@ def run(checkpoint: str | None, scores_dir: str | Sequence[str] | None, dataset:
         progress: bool) -> dict[str, Any]:
     # Torch-free imports only here: the --scores path must work without torch.
     from ..evaluate import dataset_files, load_test_set
-    from ..metrics import evaluate_scores, format_table, load_run_scores
+    from ..metrics import evaluate_scores, format_table
+    from ..score_folders import load_run_scores
     from ..plot import check_plot_videos, plot_score_curves
 
     if isinstance(scores_dir, (str, Path)):

@@ -5,10 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnwvad.data import (AudioSource, BatchLoader, EpochSampler, LoaderConfig, load_sample,
-                         load_test_features, load_test_videos, load_train_samples, resample,
-                         segment_bounds)
+from bnwvad.data import BatchLoader, EpochSampler, LoaderConfig, load_test_videos, load_train_samples
 from bnwvad.features import FeatureFileError
+from bnwvad.samples import AudioSource, load_sample, load_test_features, resample, segment_bounds
 
 
 def published_resample(video_feature, num_segments, len_feature):
@@ -334,7 +333,8 @@ def test_the_reader_reads_headers_without_data_and_values_on_load(tmp_path):
 # -- checking every file before training (issue #10) ------------------------------------------
 def test_check_files_reports_every_bad_file_from_headers(tmp_path, monkeypatch):
     import bnwvad.data as data_mod
-    from bnwvad.data import check_files
+    import bnwvad.samples as samples_mod
+    from bnwvad.data_checks import check_files
 
     lf, names = xd_tree(tmp_path, dim=8, crops=2, audio=True)
     audio = AudioSource(tmp_path / "audio")
@@ -345,7 +345,8 @@ def test_check_files_reports_every_bad_file_from_headers(tmp_path, monkeypatch):
     np.save(tmp_path / "train" / f"{names[3]}__1.npy", np.ones((3, 8), np.int64))   # not float
     write(tmp_path / "train" / f"{names[4]}__0.npy", np.ones((0, 8)))           # T = 0
     # Headers only: no feature data is read.
-    monkeypatch.setattr(data_mod, "load_features", lambda *a, **k: pytest.fail("data was read"))
+    for mod in (data_mod, samples_mod):
+        monkeypatch.setattr(mod, "load_features", lambda *a, **k: pytest.fail("data was read"))
     check = check_files(normal, abnormal, feature_dim=8 + 4, audio=AudioSource(tmp_path / "audio", dim=4))
     text = "\n".join(check.problems)
     assert len(check.problems) == 5, text
@@ -358,7 +359,7 @@ def test_check_files_reports_every_bad_file_from_headers(tmp_path, monkeypatch):
 
 
 def test_check_files_counts_crops_and_checks_test_videos(tmp_path):
-    from bnwvad.data import check_files
+    from bnwvad.data_checks import check_files
 
     lf, names = xd_tree(tmp_path, dim=8, crops=3)
     normal, abnormal = load_train_samples(lf, tmp_path)
@@ -371,7 +372,7 @@ def test_check_files_counts_crops_and_checks_test_videos(tmp_path):
 
 
 def test_loading_collects_problems_instead_of_stopping_at_the_first(tmp_path):
-    from bnwvad.data import DataCheckError, MAX_NAMED
+    from bnwvad.data_checks import MAX_NAMED, DataCheckError
 
     lf, names = xd_tree(tmp_path, dim=8, crops=2, audio=True)
     for n in names[:2]:

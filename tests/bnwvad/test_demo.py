@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
+from bnwvad.annotations import read_annotations, read_snippet_counts
 from bnwvad.data import load_test_videos, load_train_samples
 from bnwvad.demo import DemoError, DemoSpec, existing_demo, generate_demo, read_manifest
 from bnwvad.features import read_list
-from bnwvad.metrics import read_annotations, read_snippet_counts
 
 SMALL = DemoSpec(feature_dim=48, crops=3, train_normal=8, train_abnormal=12, test_normal=4,
                  test_abnormal=12, train_length=(16, 60), test_length=(16, 90))

@@ -16,10 +16,11 @@ import torch
 from click.testing import CliRunner
 
 from bnwvad import ModelConfig, build_model, save_checkpoint
+from bnwvad.annotations import read_annotations
 from bnwvad.cli.eval import main
 from bnwvad.evaluate import dataset_files, evaluate_model, load_test_set, score_videos
 from bnwvad.features import group_videos, read_list
-from bnwvad.metrics import evaluate_scores, read_annotations
+from bnwvad.metrics import evaluate_scores
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ModelConfig(feature_dim=8, embed_dim=16, heads=2, head_dim=8, mlp_dim=16, hidden_dims=(8, 4))

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
+from bnwvad.annotations import (detect_annotation_format, read_annotations, read_snippet_counts,
+                                snippet_counts_from_features)
 from bnwvad.features import group_videos, read_list
-from bnwvad.metrics import (AnnotationError, EvaluationError, abnormal_frame_mask, detect_annotation_format,
-                            evaluate_scores, format_table, frame_scores, ground_truth, load_score_dir,
-                            read_annotations, read_snippet_counts, snippet_counts_from_features,
-                            video_ground_truth)
+from bnwvad.metrics import (AnnotationError, EvaluationError, abnormal_frame_mask, evaluate_scores, format_table,
+                            frame_scores, ground_truth, video_ground_truth)
+from bnwvad.score_folders import load_score_dir
 
 
 def vid(name, label, classes=()):

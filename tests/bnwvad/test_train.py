@@ -449,7 +449,7 @@ def test_many_bad_files_name_the_first_and_count_the_rest(demo_root, tmp_path):
     for line in (root / "list" / "XD_Train.list").read_text().split()[:30]:
         (root / line).unlink()
     model, recipe, data, run = configs(root, tmp_path / "run")
-    from bnwvad.data import DataCheckError
+    from bnwvad.data_checks import DataCheckError
 
     with pytest.raises(DataCheckError) as err:
         train(model, recipe, data, run)

@@ -73,6 +73,7 @@ import click
 
 from bnwbench.accuracy import Errors, demo_accuracy
 from bnwbench.backends import SPECS, close_all, open_backends
+from bnwbench.cli import parse_ints
 from bnwbench.latency import measure_latency
 from bnwbench.measure import QuietGate, Stopwatch, cuda_matmul_probe, fastest_probe, matmul_probes, say
 from bnwbench.memory import measure_memory, memory_child
@@ -107,18 +108,6 @@ def user_errors():
         yield
     except user_error_types() as e:
         raise click.ClickException(str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}") from None
-
-
-def parse_ints(text: str | None, what: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        vals = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated integers", param_hint=what) from None
-    if not vals or any(v < 1 for v in vals):
-        raise click.BadParameter(f"{text!r}: expected positive integers", param_hint=what)
-    return vals
 
 
 def select_backends(backend_list: str | None, quick: bool) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Mapping
+from typing import Callable, Mapping
 
 # Top-level module -> (the package that provides it, the extras that install it; first = advised).
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -83,6 +83,18 @@ def require(module: str, feature: str | None = None, *, extra: str | None = None
             raise                     # something else is missing: not ours to explain
         raise MissingExtra(module, extra, feature,
                            None if e.name == module.split(".")[0] else str(e)) from e
+
+
+def import_or_raise(module: str, error: Callable[[ImportError], Exception]):
+    """Import `module` and return it, or raise `error(the ImportError)`: the caller's own
+    exception, whose message says what needs the module and the fix, instead of a traceback.
+
+        av = import_or_raise("av", lambda e: VideoDependencyError(f"... ({e}). Fix: ..."))
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise error(e) from None
 
 
 def missing_module(exc: BaseException) -> ModuleNotFoundError | None:
@@ -162,5 +174,5 @@ def launch(prog: str, module: str, attr: str = "main", *,
     return rv if isinstance(rv, int) else 0
 
 
-__all__ = ["EXTRAS", "EXIT_MISSING", "MissingExtra", "extra_for", "install_hint", "launch",
+__all__ = ["EXTRAS", "EXIT_MISSING", "MissingExtra", "extra_for", "import_or_raise", "install_hint", "launch",
            "missing_message", "missing_module", "require"]

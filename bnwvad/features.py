@@ -17,6 +17,7 @@ Labels come from file names, never from positions in a list:
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -68,8 +69,9 @@ def label_from_name(path: str | Path) -> tuple[int, tuple[str, ...]] | None:
 
 
 # -- the one safe .npy reader ---------------------------------------------------------------
-# Every .npy a user hands in (features, audio features, score files) is read here: the header
-# first (nothing unpickled, no data read), then the data with exactly the bytes it announces.
+# Every .npy a user hands in (features, audio features, score files, bnwvad-serve's request
+# bodies) is read here: the header first (nothing unpickled, no data read), then the data with
+# exactly the bytes it announces.
 _NPY_MAGIC = b"\x93NUMPY"
 _SHAPES = {1: "(T,)", 2: "(T, D)", 3: "(T, C, D)"}
 
@@ -219,6 +221,22 @@ def read_npy(path: str | Path, *, feature_dim: int | None = None, ndim: Sequence
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
+def read_npy_bytes(data: bytes | bytearray | memoryview, *, label: str, feature_dim: int | None = None,
+                   ndim: Sequence[int] = (2, 3), kind: str = "feature") -> np.ndarray:
+    """The array of .npy bytes held in memory (an HTTP body), dtype kept, after
+    `read_npy_header`'s checks with its messages, `label` in place of the path.
+
+    Only the bytes the header announces are used (np.frombuffer: a read-only view of `data`,
+    no copy); nothing is unpickled."""
+    view = memoryview(data)
+    if len(view) == 0:
+        raise FeatureFileError(f"{label}: empty (0 bytes); expected a .npy array")
+    f = io.BytesIO(view)
+    shape, fortran, dtype = _read_header(f, label, len(view), ndim, feature_dim, kind)
+    arr = np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=f.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
 def load_features(path: str | Path, *, feature_dim: int | None = None,
                   ndim: Sequence[int] = (2, 3)) -> np.ndarray:
     """Read one .npy feature file safely and validate it; returns float32, C-contiguous.
@@ -228,17 +246,23 @@ def load_features(path: str | Path, *, feature_dim: int | None = None,
     a pickled object array (never loaded), a wrong number of dimensions, a non-float dtype,
     T = 0, a wrong D); the values here: NaN or inf.
     """
-    raw = read_npy(path, feature_dim=feature_dim, ndim=ndim)
+    return checked_float32(read_npy(path, feature_dim=feature_dim, ndim=ndim), Path(path))
+
+
+def checked_float32(raw: np.ndarray, label: str | Path,
+                    error: type[Exception] = FeatureFileError) -> np.ndarray:
+    """`raw` as float32, C-contiguous, after the checks of its values: finite, and within
+    float32's range. Raises `error` (a message starting with `label`: the file, or what else
+    the values came in) otherwise."""
     if not np.isfinite(raw).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(raw))[0])
-        raise FeatureFileError(f"{Path(path)}: contains NaN or inf (first at index {bad}); "
-                               f"expected finite features")
+        raise error(f"{label}: contains NaN or inf (first at index {bad}); expected finite features")
     if np.finfo(raw.dtype).max > _F32_MAX:           # float64, longdouble: may not fit float32
         big = np.abs(raw) > _F32_MAX
         if big.any():
             at = tuple(int(i) for i in np.argwhere(big)[0])
-            raise FeatureFileError(
-                f"{Path(path)}: value {float(raw[at]):g} at index {at} is outside float32's range "
+            raise error(
+                f"{label}: value {float(raw[at]):g} at index {at} is outside float32's range "
                 f"(±{_F32_MAX:.1e}), {int(big.sum())} such value(s); expected features that fit "
                 f"float32 (the model computes in float32)")
     return np.ascontiguousarray(raw, dtype=np.float32)
@@ -269,26 +293,34 @@ class Video:
         return None if self.stacked else len(self.paths)
 
 
+def read_list_text(path: Path) -> tuple[str | None, str | None, bytes]:
+    """(text, None, bytes) of a list file; (None, why it is not text, its first bytes) when it
+    is binary (a binary file is never read whole, nor decoded). FeatureFileError, naming the
+    file, when it is not a regular file or cannot be read."""
+    why = not_a_regular_file(path, "list")
+    if why is not None:
+        raise FeatureFileError(why)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+            binary = binary_reason(data)
+            if binary is None:
+                data += f.read()
+    except OSError as e:
+        raise FeatureFileError(f"{path}: cannot be read ({e.strerror or e}); expected a list file") from None
+    if binary is not None:
+        return None, binary, data
+    try:
+        return data.decode("utf-8"), None, data
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset {e.start})", data
+
+
 def read_list(list_file: str | Path, root: str | Path | None = None) -> list[ListEntry]:
     """Parse a list file; paths are resolved against `root` (default: the list's folder)."""
     lf = Path(list_file)
-    why = not_a_regular_file(lf, "list")
-    if why is not None:
-        raise FeatureFileError(why)
     base = Path(root) if root is not None else lf.parent
-    try:
-        with open(lf, "rb") as f:
-            data = f.read(4096)
-            binary = binary_reason(data)
-            if binary is None:                     # a binary file is never read whole
-                data += f.read()
-    except OSError as e:
-        raise FeatureFileError(f"{lf}: cannot be read ({e.strerror or e}); expected a list file") from None
-    if binary is None:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            binary = f"not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset {e.start})"
+    text, binary, data = read_list_text(lf)
     if data.startswith(_NPY_MAGIC):
         raise FeatureFileError(f"{lf}: a .npy array whose name does not end in .npy, so it is not read "
                                f"as features; expected <video>.npy or <video>__<k>.npy (the name gives "

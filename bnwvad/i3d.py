@@ -47,6 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bnwvad.checkpoint import CheckpointError, read_checkpoint
+from bnwvad.runtime.contract import Closing
 from bnwvad.torch_runner import exact_fp32
 
 FRAMES_PER_CLIP = 16
@@ -369,7 +370,7 @@ def load_i3d(weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = No
 
 
 # -- the network behind the extractor interface --------------------------------------------------
-class TorchExtractor:
+class TorchExtractor(Closing):
     """InceptionI3d behind the interface of bnwvad.runtime.extractor.ExtractorRunner:
     `run(clips)` with numpy clips (N, 3, 16, 224, 224) float32 in [-1, 1] -> (N, D) float32,
     in calls of at most `batch` clips. The reference the exported graph is compared with."""
@@ -404,15 +405,6 @@ class TorchExtractor:
 
     def describe(self) -> str:
         return f"{self.backend} [{self.providers[0]}]"
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 __all__ = ["CLIP_SIZE", "ENDPOINTS", "FRAMES_PER_CLIP", "Endpoint", "I3DConfig", "I3DWeightsError",

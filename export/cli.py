@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from bnwvad.config import PRESETS
+from bnwvad.runtime.options import window_options
 
 # Commands of the group; anything else as the first argument is the export's CHECKPOINT.
 _SUBCOMMANDS = ("onnx", "engine", "i3d")
@@ -230,13 +231,10 @@ def _export(checkpoint, output, preset, fp16, int8, opset, no_verify, external_d
 @click.option("--no-verify", is_flag=True, help="Skip running the engine against the reference.")
 @click.option("--device", default="cuda", show_default=True, metavar="DEVICE",
               help="CUDA device to build and verify on.")
-@click.option("--window", type=click.IntRange(min=1), default=None, metavar="W",
-              help="Build for windowed / streaming scoring (bnwvad-infer --window, bnwvad-stream): the "
-                   "profile's T becomes the window span W-1+S+L (smaller, faster engines).")
-@click.option("--lookahead", type=click.IntRange(min=0), default=0, show_default=True, metavar="L",
-              help="With --window: snippets of lookahead.")
-@click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, metavar="S",
-              help="With --window: snippets scored per call.")
+@window_options(window_help="Build for windowed / streaming scoring (bnwvad-infer --window, bnwvad-stream): the "
+                            "profile's T becomes the window span W-1+S+L (smaller, faster engines).",
+                lookahead_help="With --window: snippets of lookahead.",
+                step_help="With --window: snippets scored per call.")
 @click.option("--streams", type=click.IntRange(min=1), default=32, show_default=True, metavar="N",
               help="With --window: most windows (streams' blocks) per call, the profile's max N.")
 @_with(_profile_options)

@@ -76,32 +76,40 @@ class Tolerance:
 # `rel_to_max`: max|ours - ref| / max|ref| over an output (the reference README's metric);
 # `norm_rel`: ||ours - ref|| / ||ref||. Tests, export verification, the TensorRT builder,
 # bnwvad.reference and the benchmark read their limits from here and nowhere else.
-TOLERANCES: dict[str, Tolerance] = {
-    # Our PyTorch model against the published code's outputs (../shared/reference).
-    "reference_eval": Tolerance(1e-4, "rel_to_max", "float32 reordering of the same ops"),
-    "reference_loss": Tolerance(1e-4, "rel", "losses and gradient norm, float32"),
-    "reference_grad": Tolerance(1e-3, "norm_rel", "BN backward sums near-cancelling terms"),
-    # One end-to-end Adam step, on the elements whose sign is stable (see bnwvad.reference).
-    "reference_step_stable": Tolerance(1e-6, "abs", "1% of lr; sign-unstable elements excluded"),
-    # A zero-padded batch against each video alone (masking is exact; only reordering).
-    "padding": Tolerance(1e-5, "rel_to_max", "padded keys and G columns are masked exactly"),
-    # The folded deploy model (bnwvad.export.fold) against the original, PyTorch both.
-    "fold": Tolerance(1e-5, "rel_to_max", "folded weights are computed in float64, rounded once"),
-    # Exported graphs against the unoptimised PyTorch model, same inputs.
-    "onnx_fp32": Tolerance(1e-4, "rel_to_max", "BN folding and graph fusions reorder float32 ops"),
-    "onnx_fp16": Tolerance(2e-2, "rel_to_max", "fp16 matmuls (11-bit mantissa), fp32 reductions"),
-    "onnx_int8": Tolerance(1e-1, "rel_to_max", "dynamically quantised weights"),
-    "torch_cuda": Tolerance(1e-4, "rel_to_max", "the same PyTorch model on CUDA, TF32 off"),
-    "tensorrt_fp32": Tolerance(1e-3, "rel_to_max", "TF32 is disabled; kernel choice reorders sums"),
-    "tensorrt_fp16": Tolerance(2e-2, "rel_to_max", "as onnx_fp16"),
-    # The I3D extractor (bnwvad.i3d) against the public pytorch-i3d outputs (../shared/reference/i3d).
-    "i3d_reference": Tolerance(1e-4, "rel_to_max", "InceptionI3d vs pytorch-i3d, float32 reordering"),
-    "i3d_protocol": Tolerance(1e-3, "rel_to_max", "frames -> features: resampling may move a pixel "
-                                                  "by one grey level in a few places"),
-    # Effect on detection quality of a reduced-precision deployment (percentage points).
-    "metric_fp16": Tolerance(0.1, "points", "AUC / AP change against fp32 on the demo test set"),
-    "metric_int8": Tolerance(0.1, "points", "AUC / AP change against fp32 on the demo test set"),
-}
+# The table is data, one row per entry: name, limit, metric, why (the rest of the line).
+_TOLERANCE_TABLE = """
+# Our PyTorch model against the published code's outputs (../shared/reference).
+reference_eval         1e-4  rel_to_max  float32 reordering of the same ops
+reference_loss         1e-4  rel         losses and gradient norm, float32
+reference_grad         1e-3  norm_rel    BN backward sums near-cancelling terms
+# One end-to-end Adam step, on the elements whose sign is stable (see bnwvad.reference).
+reference_step_stable  1e-6  abs         1% of lr; sign-unstable elements excluded
+# A zero-padded batch against each video alone (masking is exact; only reordering).
+padding                1e-5  rel_to_max  padded keys and G columns are masked exactly
+# The folded deploy model (bnwvad.export.fold) against the original, PyTorch both.
+fold                   1e-5  rel_to_max  folded weights are computed in float64, rounded once
+# Exported graphs against the unoptimised PyTorch model, same inputs.
+onnx_fp32              1e-4  rel_to_max  BN folding and graph fusions reorder float32 ops
+onnx_fp16              2e-2  rel_to_max  fp16 matmuls (11-bit mantissa), fp32 reductions
+onnx_int8              1e-1  rel_to_max  dynamically quantised weights
+torch_cuda             1e-4  rel_to_max  the same PyTorch model on CUDA, TF32 off
+tensorrt_fp32          1e-3  rel_to_max  TF32 is disabled; kernel choice reorders sums
+tensorrt_fp16          2e-2  rel_to_max  as onnx_fp16
+# The I3D extractor (bnwvad.i3d) against the public pytorch-i3d outputs (../shared/reference/i3d).
+i3d_reference          1e-4  rel_to_max  InceptionI3d vs pytorch-i3d, float32 reordering
+i3d_protocol           1e-3  rel_to_max  frames -> features: resampling may move a pixel by one grey level in a few places
+# Effect on detection quality of a reduced-precision deployment (percentage points).
+metric_fp16            0.1   points      AUC / AP change against fp32 on the demo test set
+metric_int8            0.1   points      AUC / AP change against fp32 on the demo test set
+"""
+
+
+def _read_tolerances(table: str) -> dict[str, Tolerance]:
+    rows = (line.split(None, 3) for line in table.splitlines() if line.strip() and not line.startswith("#"))
+    return {name: Tolerance(float(limit), metric, why) for name, limit, metric, why in rows}
+
+
+TOLERANCES: dict[str, Tolerance] = _read_tolerances(_TOLERANCE_TABLE)
 
 # (precision, engine family) -> the entry that judges it against the PyTorch reference.
 # Families: "onnxruntime" (any execution provider but TensorRT's), "tensorrt" (native
@@ -191,6 +199,27 @@ def compare_outputs(ours: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray
 
 
 # -- runners ------------------------------------------------------------------------------
+class Closing:
+    """close() and the with-statement of every runner (models and extractors; ONNX Runtime,
+    TensorRT, PyTorch): `with load_runner(...) as r:` closes r. A runner that holds a session
+    or an engine overrides close()."""
+
+    def close(self) -> None:
+        """Release the session / engine; nothing to release by default."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def asked_for(runner) -> str:
+    """The end of a runner's describe(): " (asked for X)" when the backend that runs is not the
+    one asked for, else nothing."""
+    return f" (asked for {runner.requested})" if runner.backend != runner.requested else ""
+
+
 @runtime_checkable
 class Runner(Protocol):
     """What runs a BN-WVAD model: bnwvad.runtime's OrtRunner and TensorRTRunner,
@@ -224,7 +253,7 @@ class Runner(Protocol):
         """Release the session / engine."""
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "FRAMES_PER_SNIPPET", "INPUTS", "METADATA_KEYS", "OUTPUTS",
-           "OutputDiff", "PRECISIONS", "Runner", "SIDECAR_KEYS", "TOLERANCES", "Tolerance", "check",
+__all__ = ["Closing", "FORMAT", "FORMAT_VERSION", "FRAMES_PER_SNIPPET", "INPUTS", "METADATA_KEYS", "OUTPUTS",
+           "OutputDiff", "PRECISIONS", "Runner", "SIDECAR_KEYS", "TOLERANCES", "Tolerance", "asked_for", "check",
            "compare_outputs", "error", "input_specs", "metric_tolerance_for", "output_specs",
            "tolerance_for"]

@@ -27,20 +27,18 @@ fewer than 16 frames, writes nothing and is named as failed.
 """
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from .errors import RuntimeFailure
+from .options import (EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, PATH, backend_options, error,
+                      fail, load_warning_once, prepare_out)
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXTRACT_FORMAT = "bnwvad-extract-run"
 EXTRACT_FORMAT_VERSION = 1
 
@@ -55,18 +53,6 @@ Exit status:
   130  interrupted (Ctrl-C, SIGTERM): finished videos written, summary.json "interrupted": true"""
 
 
-def _warn(msg: str) -> None:
-    click.secho(f"WARNING: {msg}", fg="yellow", err=True)
-
-
-def _fail(msg: str) -> None:
-    click.secho(f"FAILED {msg}", fg="red", err=True)
-
-
-def _error(msg: str) -> None:
-    click.secho(f"error: {msg}", fg="red", err=True)
-
-
 # -- the extractor --------------------------------------------------------------------------------
 def open_extractor(path, backend: str = "auto", **kw):
     """(ExtractorRunner, ModelIdentity) of an exported extractor, its load warnings printed once;
@@ -74,30 +60,11 @@ def open_extractor(path, backend: str = "auto", **kw):
     from .extractor import ExtractorRunner
     from .io import model_identity
 
-    logger = logging.getLogger("bnwvad.runtime")
-    messages: list[str] = []
-
-    class _Records(logging.Handler):
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    handler, propagate = _Records(logging.WARNING), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            runner = ExtractorRunner(path, backend, **kw)
+        runner = load_warning_once(ExtractorRunner, path, backend, **kw)
     except RuntimeFailure as e:
-        _error(str(e))
+        error(str(e))
         return None
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-    for msg in dict.fromkeys([str(w.message) for w in caught] + messages):
-        if runner.fallback and "not in available provider names" in msg:
-            continue
-        _warn(msg)
     return runner, model_identity(runner.meta, path)
 
 
@@ -238,36 +205,17 @@ def read_extract_run(folder: Path):
     """The earlier bnwvad-extract run of `folder` (ExtractRun), None when it holds no
     summary.json; RunFolderError when its summary.json is not a usable extraction record
     (a bnwvad-infer run's says so)."""
-    from .io import SUMMARY_FILE, ModelIdentity, RunFolderError, RunRecord, _safe_relative
+    from .io import RunFolderError, read_summary_doc, record_from_summary
 
-    path = folder / SUMMARY_FILE
-    if not path.exists() and not path.is_symlink():
+    found = read_summary_doc(folder)
+    if found is None:
         return None
-    try:
-        if not path.is_file() or path.stat().st_size > (64 << 20):
-            raise RunFolderError(f"{path}: not a regular file of a run summary's size")
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except RunFolderError:
-        raise
-    except (OSError, ValueError) as e:
-        raise RunFolderError(f"{path}: not a readable JSON run summary ({e})") from None
+    path, doc = found
     if not isinstance(doc, dict) or doc.get("format") != EXTRACT_FORMAT:
         fmt = doc.get("format") if isinstance(doc, dict) else None
         raise RunFolderError(f"{path}: not a bnwvad-extract run record (format {fmt!r}, expected "
                              f"{EXTRACT_FORMAT!r})")
-    ext = doc.get("extractor") if isinstance(doc.get("extractor"), dict) else {}
-    digest, files = ext.get("weights_digest"), doc.get("files")
-    if not isinstance(digest, str) or not digest or not isinstance(files, list):
-        raise RunFolderError(f"{path}: records no extractor weights digest or no file list; expected a "
-                             f"summary written by bnwvad-extract")
-    safe = [_safe_relative(folder, f) for f in files]
-    if None in safe:
-        raise RunFolderError(f"{path}: lists paths outside its folder; a run's files are relative paths "
-                             f"inside it")
-    ident = ModelIdentity(digest, str(ext.get("digest_of") or "?"),
-                          None if ext.get("precision") is None else str(ext.get("precision")))
-    rec = RunRecord(folder, ident, None if ext.get("path") is None else str(ext["path"]), tuple(safe),
-                    str(doc.get("status") or "?"))
+    rec = record_from_summary(folder, path, doc, "extractor", "bnwvad-extract")
     videos = doc.get("videos") if isinstance(doc.get("videos"), dict) else {}
     settings = doc.get("settings") if isinstance(doc.get("settings"), dict) else {}
     return ExtractRun(rec, settings, videos)
@@ -379,15 +327,12 @@ class _Outputs:
         return files
 
 
-_PATH = dict(path_type=Path)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=_HELP_EPILOG)
-@click.argument("inputs", nargs=-1, required=True, metavar="VIDEO|DIR|LIST...", type=click.Path(**_PATH))
-@click.option("--extractor", "-e", required=True, metavar="FILE", type=click.Path(dir_okay=False, **_PATH),
+@click.argument("inputs", nargs=-1, required=True, metavar="VIDEO|DIR|LIST...", type=click.Path(**PATH))
+@click.option("--extractor", "-e", required=True, metavar="FILE", type=click.Path(dir_okay=False, **PATH),
               help="Exported I3D extractor (.onnx written by `bnwvad-export i3d`).")
-@click.option("--out", "-o", "out", required=True, metavar="DIR", type=click.Path(**_PATH),
+@click.option("--out", "-o", "out", required=True, metavar="DIR", type=click.Path(**PATH),
               help="Output FOLDER (created): <video>__<k>.npy per crop (or <video>.npy with --stacked) "
                    "and summary.json. A non-empty one must hold an earlier run of this extractor with "
                    "these settings, which is resumed.")
@@ -401,17 +346,12 @@ _PATH = dict(path_type=Path)
               help="Write into a non-empty --out that another extractor (or other settings, or bnwvad-infer) "
                    "wrote, removing exactly the files its summary.json lists, or that holds no summary.json "
                    "(removing nothing).")
-@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt"]), default="auto",
-              show_default=True, help="auto: ort-cuda where ONNX Runtime offers CUDA, else ort-cpu.")
-@click.option("--strict/--no-strict", default=False, show_default=True,
-              help="Fail (instead of warning) when the backend asked for is not what runs.")
-@click.option("--threads", type=click.IntRange(min=0), default=None,
-              help="ONNX Runtime intra-op threads (0 or unset: its default).")
-@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
-              help="CUDA device for the ort-cuda and ort-trt backends.")
+@backend_options(choices=("auto", "ort-cpu", "ort-cuda", "ort-trt"),
+                 backend_help="auto: ort-cuda where ONNX Runtime offers CUDA, else ort-cpu.", arena_help=None,
+                 device_help="CUDA device for the ort-cuda and ort-trt backends.", sidecar=False)
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Clips per extractor call (default: the export's crops_batch).")
-@click.option("--root", type=click.Path(file_okay=False, **_PATH), default=None, metavar="DIR",
+@click.option("--root", type=click.Path(file_okay=False, **PATH), default=None, metavar="DIR",
               help="Directory the paths of list files are relative to (default: the list's folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.pass_context
@@ -433,14 +373,12 @@ def main(ctx, inputs, extractor, out, crops, fps, stacked, overwrite, backend, s
 def _run(signals, *, inputs, extractor, out, crops, fps, stacked, overwrite, backend, strict, threads,
          device_id, batch, root, quiet) -> int:
     from .inputs import collect_video_files
-    from .io import RunFolderError, prepare_output_dir, remove_created, remove_listed
+    from .io import RunFolderError, remove_created, remove_listed
     from .video import crop_names
 
     t0 = time.perf_counter()
-    try:
-        created = prepare_output_dir(out, "--out")
-    except RunFolderError as e:
-        _error(str(e))
+    created = prepare_out(out)
+    if created is None:
         return EXIT_NOTHING_RAN
     committed = False
     try:
@@ -455,7 +393,7 @@ def _run(signals, *, inputs, extractor, out, crops, fps, stacked, overwrite, bac
         try:
             earlier, kept = claim_extract_dir(out, identity, settings, overwrite=overwrite)
         except RunFolderError as e:
-            _error(str(e))
+            error(str(e))
             return EXIT_NOTHING_RAN
         videos, bad = collect_video_files(inputs, root=root)
         # A recorded video is skipped only when its source is the same file, unchanged.
@@ -508,12 +446,12 @@ def _extract_all(signals, run: _Outputs, runner, todo, bad, crops, fps, quiet, t
     try:
         for f in bad:
             run.failures[f.name] = f.message
-            _fail(f.message)
+            fail(f.message)
         for name, path in todo:
             ex = extract_one(name, path, runner, crops, fps, quiet=quiet)
             if ex.features is None:
                 run.failures[name] = ex.message()
-                _fail(ex.message())
+                fail(ex.message())
                 with signals.held():
                     run.save("running", time.perf_counter() - t0)
                 continue
@@ -526,8 +464,8 @@ def _extract_all(signals, run: _Outputs, runner, todo, bad, crops, fps, quiet, t
                 run.save("running", time.perf_counter() - t0)
             done += 1
             if ex.partial:
-                _fail(f"{ex.message()} (partial: {ex.snippets} snippet(s) kept, marked \"partial\" in "
-                      f"summary.json)")
+                fail(f"{ex.message()} (partial: {ex.snippets} snippet(s) kept, marked \"partial\" in "
+                     f"summary.json)")
     except KeyboardInterrupt as e:
         interrupted = getattr(e, "signal", "SIGINT")
     except BaseException as e:

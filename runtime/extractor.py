@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequenc
 
 import numpy as np
 
-from .contract import FRAMES_PER_SNIPPET
+from .contract import FRAMES_PER_SNIPPET, Closing, asked_for
 from .errors import InputError, ModelLoadError
 from .metadata import decode_value, onnx_metadata_props
 from .runners import OrtRunner
@@ -191,7 +191,7 @@ class ClipExtractor(Protocol):
     def close(self) -> None: ...
 
 
-class ExtractorRunner:
+class ExtractorRunner(Closing):
     """An exported I3D extractor (.onnx) on ONNX Runtime.
 
     backend / strict / threads / device_id / arena / session_config: as for OrtRunner (auto
@@ -276,19 +276,11 @@ class ExtractorRunner:
         return result
 
     def describe(self) -> str:
-        s = f"I3D extractor {self.backend} [{', '.join(self.providers)}], {self.batch} clips per call"
-        if self.backend != self.requested:
-            s += f" (asked for {self.requested})"
-        return s
+        return (f"I3D extractor {self.backend} [{', '.join(self.providers)}], {self.batch} clips per call"
+                f"{asked_for(self)}")
 
     def close(self) -> None:
         self._ort.close()
-
-    def __enter__(self) -> "ExtractorRunner":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # -- the pipeline ------------------------------------------------------------------------------

@@ -32,11 +32,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from bnwvad.features import FeatureFileError, load_features, read_list, read_npy_header, split_crop
+from bnwvad.features import (FeatureFileError, load_features, read_list, read_list_text, read_npy_header,
+                             split_crop)
 
 LAYOUTS = ("auto", "TD", "TCD", "CTD")
 
@@ -118,6 +119,15 @@ def _scan_dir(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Every non-hidden `*.npy` entry below `folder`, sorted, whatever it is (a dangling link, a
     FIFO, a socket: its header read reports it by name, and never opens a FIFO), and the
     sub-folders that could not be listed. Links to folders are not followed."""
+    # os.walk lists a link to a folder among `dirs` without entering it: one named *.npy is
+    # reported like any other non-file.
+    return _walk(folder, lambda n: n.endswith(".npy"), linked_dirs=True)
+
+
+def _walk(folder: str | Path, wanted: Callable[[str], bool], *, linked_dirs: bool = False
+          ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(every non-hidden entry below `folder` whose name is `wanted`, recursively, sorted, with
+    links to folders too if `linked_dirs`; the sub-folders that could not be listed)."""
     found: list[Path] = []
     unreadable: list[tuple[Path, str]] = []
 
@@ -126,11 +136,39 @@ def _scan_dir(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
     for top, dirs, names in os.walk(folder, onerror=onerror):
         dirs.sort()
-        found.extend(Path(top) / n for n in names if n.endswith(".npy") and not n.startswith("."))
-        # os.walk lists a link to a folder among `dirs` without entering it: one named *.npy is
-        # reported like any other non-file.
-        found.extend(Path(top) / n for n in dirs if n.endswith(".npy") and os.path.islink(Path(top) / n))
+        found.extend(Path(top) / n for n in names if wanted(n) and not n.startswith("."))
+        if linked_dirs:
+            found.extend(Path(top) / n for n in dirs if wanted(n) and os.path.islink(Path(top) / n))
     return sorted(found), unreadable
+
+
+def _expand(inputs: Sequence[str | Path], scan: Callable, stands_for_itself: Callable[[Path], bool],
+            read_listed: Callable[[Path], Iterable[Path]], skipped: str, nothing_below: str
+            ) -> tuple[list[Path], list[Failure]]:
+    """The files that FILE | DIR | LIST arguments name, in argument order, and the failures (a
+    folder that cannot be listed: `skipped` says what is lost; a directory with nothing below
+    it: `nothing_below`; a list file that cannot be read). An argument that is not a directory
+    either `stands_for_itself` or is a list, read by `read_listed`."""
+    failures: list[Failure] = []
+    files: list[Path] = []
+    for arg in inputs:
+        p = Path(arg)
+        if p.is_dir():
+            found, unreadable = scan(p)
+            for d, err in unreadable:
+                failures.append(Failure(str(d), FeatureFileError(f"{d}: folder cannot be read ({err}); {skipped}"),
+                                        [d]))
+            if not found and not unreadable:
+                failures.append(Failure(str(p), FeatureFileError(f"{p}: {nothing_below}"), [p]))
+            files.extend(found)
+        elif stands_for_itself(p):
+            files.append(p)
+        else:
+            try:
+                files.extend(read_listed(p))
+            except FeatureFileError as e:
+                failures.append(Failure(str(p), e, [p]))
+    return files, failures
 
 
 def collect_videos(inputs: Sequence[str | Path], *, root: str | Path | None = None,
@@ -143,27 +181,12 @@ def collect_videos(inputs: Sequence[str | Path], *, root: str | Path | None = No
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r}; expected one of {LAYOUTS}")
-    failures: list[Failure] = []
-    files: list[Path] = []
-    for arg in inputs:
-        p = Path(arg)
-        if p.is_dir():
-            found, unreadable = _scan_dir(p)
-            for d, err in unreadable:
-                failures.append(Failure(str(d), FeatureFileError(
-                    f"{d}: folder cannot be read ({err}); its .npy files, if any, are not scored"), [d]))
-            if not found and not unreadable:
-                failures.append(Failure(str(p), FeatureFileError(
-                    f"{p}: directory holds no .npy feature files; expected <video>__<k>.npy or "
-                    f"<video>.npy files"), [p]))
-            files.extend(found)
-        elif p.suffix.lower() == ".npy" or not p.is_file():
-            files.append(p)     # a missing, dangling, FIFO... .npy is reported by its header read
-        else:
-            try:                # a list file; a binary one is named, never decoded
-                files.extend(e.path for e in read_list(p, root))
-            except FeatureFileError as e:
-                failures.append(Failure(str(p), e, [p]))
+    # A missing, dangling, FIFO... .npy stands for itself: its header read reports it. Any other
+    # file is a list; a binary one is named, never decoded.
+    files, failures = _expand(
+        inputs, _scan_dir, lambda p: p.suffix.lower() == ".npy" or not p.is_file(),
+        lambda p: (e.path for e in read_list(p, root)), "its .npy files, if any, are not scored",
+        "directory holds no .npy feature files; expected <video>__<k>.npy or <video>.npy files")
     # One video per path as given (absolute, not resolved): the same path twice is one video,
     # but differently named links to one file are distinct videos.
     seen: set[str] = set()
@@ -251,39 +274,13 @@ def is_video_path(path: str | Path) -> bool:
 def scan_video_dir(folder: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Every non-hidden file with a video extension below `folder` (recursively, sorted; links
     to folders not followed), and the sub-folders that could not be listed."""
-    found: list[Path] = []
-    unreadable: list[tuple[Path, str]] = []
-
-    def onerror(e: OSError) -> None:
-        unreadable.append((Path(e.filename or folder), e.strerror or str(e)))
-
-    for top, dirs, names in os.walk(folder, onerror=onerror):
-        dirs.sort()
-        found.extend(Path(top) / n for n in names if is_video_path(n) and not n.startswith("."))
-    return sorted(found), unreadable
+    return _walk(folder, is_video_path)
 
 
 def _read_video_list(lf: Path, root: str | Path | None) -> list[Path]:
     """A list file: one video path per line (blank lines and lines starting with '#' skipped);
     relative paths resolve against `root` (default: the list's folder)."""
-    from bnwvad.features import binary_reason, not_a_regular_file
-
-    why = not_a_regular_file(lf, "list")
-    if why is not None:
-        raise FeatureFileError(why)
-    try:
-        with open(lf, "rb") as f:
-            data = f.read(4096)
-            binary = binary_reason(data)
-            if binary is None:
-                data += f.read()
-    except OSError as e:
-        raise FeatureFileError(f"{lf}: cannot be read ({e.strerror or e}); expected a list file") from None
-    if binary is None:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            binary = f"not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset {e.start})"
+    text, binary, _ = read_list_text(lf)
     if binary is not None:
         raise FeatureFileError(f"{lf}: neither a video file (extensions {' '.join(VIDEO_EXTENSIONS)}) nor a "
                                f"text list file: {binary}; expected a video, a directory of videos, or a "
@@ -309,27 +306,10 @@ def collect_video_files(inputs: Sequence[str | Path], *, root: str | Path | None
     <name>.npy), so two inputs with one name (a.mp4 and a.mkv, or a.mp4 in two folders) are
     failures naming both; the same path given twice is one video. Missing files are failures
     when they are opened (VideoReader names them), not here."""
-    failures: list[Failure] = []
-    files: list[Path] = []
-    for arg in inputs:
-        p = Path(arg)
-        if p.is_dir():
-            found, unreadable = scan_video_dir(p)
-            for d, err in unreadable:
-                failures.append(Failure(str(d), FeatureFileError(
-                    f"{d}: folder cannot be read ({err}); its videos, if any, are not processed"), [d]))
-            if not found and not unreadable:
-                failures.append(Failure(str(p), FeatureFileError(
-                    f"{p}: directory holds no video files; expected files ending in "
-                    f"{' '.join(VIDEO_EXTENSIONS)}"), [p]))
-            files.extend(found)
-        elif is_video_path(p) or not p.exists():
-            files.append(p)
-        else:
-            try:
-                files.extend(_read_video_list(p, root))
-            except FeatureFileError as e:
-                failures.append(Failure(str(p), e, [p]))
+    files, failures = _expand(
+        inputs, scan_video_dir, lambda p: is_video_path(p) or not p.exists(), lambda p: _read_video_list(p, root),
+        "its videos, if any, are not processed",
+        f"directory holds no video files; expected files ending in {' '.join(VIDEO_EXTENSIONS)}")
     seen: set[str] = set()
     named: dict[str, list[Path]] = {}
     for f in files:

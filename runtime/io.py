@@ -179,6 +179,19 @@ def read_run(folder: str | os.PathLike) -> RunRecord | None:
     """The run record of `folder`, None when it holds no summary.json; RunFolderError when the
     summary.json is not a readable record of a bnwvad-infer run (naming what is wrong)."""
     folder = Path(folder)
+    found = read_summary_doc(folder)
+    if found is None:
+        return None
+    path, doc = found
+    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
+        raise RunFolderError(f"{path}: not a bnwvad-infer run record (no \"format\": \"{RUN_FORMAT}\"; "
+                             f"written by another program or an older bnwvad-infer)")
+    return record_from_summary(folder, path, doc, "model", "bnwvad-infer")
+
+
+def read_summary_doc(folder: Path) -> tuple[Path, object] | None:
+    """(path, parsed JSON) of `folder`'s summary.json, None when it has none; RunFolderError when
+    it is not a regular file of a run summary's size holding JSON. The caller checks its format."""
     path = folder / SUMMARY_FILE
     if not path.exists() and not path.is_symlink():
         return None
@@ -187,20 +200,24 @@ def read_run(folder: str | os.PathLike) -> RunRecord | None:
             raise RunFolderError(f"{path}: not a regular file")
         if path.stat().st_size > (64 << 20):
             raise RunFolderError(f"{path}: {path.stat().st_size} bytes, too large for a run summary")
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        return path, json.loads(path.read_text(encoding="utf-8"))
     except RunFolderError:
         raise
     except (OSError, ValueError) as e:
         raise RunFolderError(f"{path}: not a readable JSON run summary ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT:
-        raise RunFolderError(f"{path}: not a bnwvad-infer run record (no \"format\": \"{RUN_FORMAT}\"; "
-                             f"written by another program or an older bnwvad-infer)")
-    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+
+
+def record_from_summary(folder: Path, path: Path, doc: dict, owner: str, program: str) -> RunRecord:
+    """The RunRecord of a summary document whose `owner` entry ("model": bnwvad-infer,
+    "extractor": bnwvad-extract) says what wrote the folder; RunFolderError, naming `path`, when
+    it records no weights digest or file list (expected of `program`) or lists paths outside
+    the folder."""
+    model = doc.get(owner) if isinstance(doc.get(owner), dict) else {}
     digest, files = model.get("weights_digest"), doc.get("files")
     if not isinstance(digest, str) or not digest or not isinstance(files, list):
         raise RunFolderError(f"{path}: records no " + ("weights digest" if not isinstance(digest, str)
                                                       or not digest else "file list")
-                             + "; expected a summary written by bnwvad-infer")
+                             + f"; expected a summary written by {program}")
     safe = [s for s in (_safe_relative(folder, f) for f in files) if s is not None]
     if len(safe) != len(files):
         bad = [f for f in files if _safe_relative(folder, f) is None][:3]
@@ -312,6 +329,13 @@ class InterruptSignals:
         for sig, prev in self._previous.items():
             _signal.signal(sig, prev)
         self._previous.clear()
+
+    def reinstall(self) -> None:
+        """Put the handlers back after a library replaced them (ray.init installs its own for
+        SIGTERM); the handlers saved at __enter__ are still the ones restored on exit."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in self._previous:
+                _signal.signal(sig, self._handler)
 
     @contextmanager
     def held(self):

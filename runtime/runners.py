@@ -20,8 +20,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from bnwvad._extras import import_or_raise
+
 from .errors import BackendError, ModelLoadError
-from .contract import INPUTS, OUTPUTS
+from .contract import INPUTS, OUTPUTS, Closing, asked_for
 from .metadata import ModelMeta, meta_from_props, meta_from_sidecar, onnx_metadata_props
 from .validate import ShapeLimits, validate_inputs
 
@@ -42,7 +44,7 @@ _GPU_FIX = ("Fix: install onnxruntime-gpu instead of onnxruntime (pip install 'b
             "library path (and TensorRT 10 for the TensorRT provider), or choose --backend ort-cpu")
 
 
-class BaseRunner:
+class BaseRunner(Closing):
     """The base of the runtime's runners; the interface is `bnwvad.runtime.contract.Runner`.
 
     Attributes: path, meta (ModelMeta), requested (the backend asked for), backend (the one
@@ -82,19 +84,7 @@ class BaseRunner:
         raise NotImplementedError
 
     def describe(self) -> str:
-        s = f"{self.backend} [{', '.join(self.providers)}]"
-        if self.backend != self.requested:
-            s += f" (asked for {self.requested})"
-        return s
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return f"{self.backend} [{', '.join(self.providers)}]{asked_for(self)}"
 
 
 def _report_fallback(message: str, strict: bool) -> str:
@@ -106,24 +96,18 @@ def _report_fallback(message: str, strict: bool) -> str:
 
 
 def _import_ort():
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise BackendError(f"onnxruntime is not installed ({e}); the ONNX backends need it. Fix: "
-                           f"pip install 'bnwvad[cpu]' (or 'bnwvad[gpu]' on an NVIDIA machine)") from None
-    return ort
+    return import_or_raise("onnxruntime", lambda e: BackendError(
+        f"onnxruntime is not installed ({e}); the ONNX backends need it. Fix: pip install 'bnwvad[cpu]' "
+        f"(or 'bnwvad[gpu]' on an NVIDIA machine)"))
 
 
 def import_tensorrt():
     """The tensorrt module (10 or newer), or BackendError saying what is missing and the fix.
     The one place bnwvad imports TensorRT (the runtime's runner and the engine builder)."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendError(f"the native TensorRT backend needs the `tensorrt` Python package (10 or "
-                           f"newer), which is not importable here ({e}). Fix: pip install "
-                           f"'bnwvad[tensorrt]' on a machine with an NVIDIA GPU, or run the .onnx file "
-                           f"with --backend ort-cuda / ort-cpu") from None
+    trt = import_or_raise("tensorrt", lambda e: BackendError(
+        f"the native TensorRT backend needs the `tensorrt` Python package (10 or newer), which is not "
+        f"importable here ({e}). Fix: pip install 'bnwvad[tensorrt]' on a machine with an NVIDIA GPU, or "
+        f"run the .onnx file with --backend ort-cuda / ort-cpu"))
     major = int(str(getattr(trt, "__version__", "0")).split(".")[0] or 0)
     if major < 10:
         raise BackendError(f"tensorrt {trt.__version__} is installed; the runtime needs 10 or newer "

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import click
 
-from .errors import parse_bytes
-
-EXIT_NOTHING_RAN, EXIT_INTERRUPTED = 2, 130
+from .options import (EXIT_INTERRUPTED, EXIT_NOTHING_RAN, PATH, backend_options, calibrate_on, crops_options,
+                      error, memory_budget_option, model_option, threshold_options)
 
 _EPILOG = """\b
 Requests:
@@ -64,22 +63,9 @@ def _ignore_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _error(msg: str) -> None:
-    click.secho(f"error: {msg}", fg="red", err=True)
-
-
 def _info(msg: str, quiet: bool) -> None:
     if not quiet:
         click.echo(msg, err=True)
-
-
-def _budget(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_bytes(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
 
 
 def usable_cpus() -> int:
@@ -107,13 +93,9 @@ def deployment_error(exc: BaseException) -> str:
     return "the deployment failed: " + (" | ".join(lines[-3:]) if lines else type(exc).__name__)
 
 
-_PATH = dict(path_type=Path)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=_EPILOG)
-@click.option("--model", "-m", required=True, metavar="FILE", type=click.Path(dir_okay=False, **_PATH),
-              help="Exported model: .onnx, or a TensorRT engine (.engine/.plan) with its JSON sidecar.")
+@model_option()
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface; mind who can reach it).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
@@ -128,25 +110,15 @@ _PATH = dict(path_type=Path)
               help="CPUs reserved per replica [the local cluster's CPUs / replicas; 1 with --address].")
 @click.option("--replica-gpus", type=click.FloatRange(min=0.0), default=None,
               help="GPUs per replica [GPU backends: one GPU shared by all replicas; CPU: 0].")
-@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]),
-              default="auto", show_default=True,
-              help="auto: tensorrt for engines; else ort-cuda where ONNX Runtime offers CUDA, else ort-cpu.")
-@click.option("--strict/--no-strict", default=False, show_default=True,
-              help="Fail (instead of warning) when the backend asked for is not what runs.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="ONNX Runtime intra-op threads per replica [its reserved CPUs, at least 1].")
-@click.option("--spin/--no-spin", default=False, show_default=True,
-              help="Let ONNX Runtime's threads spin-wait between calls (fastest when they have the CPUs to "
-                   "themselves; off leaves them to the HTTP proxy and request handling).")
-@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
-              help="CUDA device for the GPU backends.")
-@click.option("--sidecar", type=click.Path(dir_okay=False, **_PATH), default=None, metavar="FILE",
-              help="A TensorRT engine's metadata JSON, if not <engine>.json beside it.")
-@click.option("--crops", type=click.IntRange(min=1), default=None,
-              help="Crops each video must have (default: the model's metadata).")
-@click.option("--any-crops", is_flag=True, help="Accept videos with any number of crops (averaged).")
-@click.option("--memory-budget", callback=_budget, default=None, metavar="SIZE",
-              help="Memory each replica's process may use, e.g. 2GiB (default: half of what is free).")
+@backend_options(
+    threads_min=1, threads_help="ONNX Runtime intra-op threads per replica [its reserved CPUs, at least 1].",
+    after_threads=[click.option(
+        "--spin/--no-spin", default=False, show_default=True,
+        help="Let ONNX Runtime's threads spin-wait between calls (fastest when they have the CPUs to themselves; "
+             "off leaves them to the HTTP proxy and request handling).")],
+    arena_help=None, device_help="CUDA device for the GPU backends.")
+@crops_options()
+@memory_budget_option("Memory each replica's process may use, e.g. 2GiB (default: half of what is free).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most videos per server-side batch (1: no batching). On CPU a batch also holds at most "
                    "what one runner call takes (N*C*T <= 1024 rows).")
@@ -159,15 +131,11 @@ _PATH = dict(path_type=Path)
               help="Longest video, snippets (413 above it).")
 @click.option("--max-ongoing", type=click.IntRange(min=1), default=256, show_default=True,
               help="Requests a replica takes in at once (the rest wait in the proxy).")
-@click.option("--threshold", type=float, default=None, help="Report events above this anomaly score.")
-@click.option("--calibrate", multiple=True, metavar="PATH", type=click.Path(**_PATH),
-              help="Normal videos' features (bnwvad-infer's FEATURES forms; repeat the option): the "
-                   "threshold becomes the quantile giving --false-alarm-rate on them.")
-@click.option("--false-alarm-rate", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.01,
-              show_default=True, help="With --calibrate: fraction of normal snippets allowed above.")
+@threshold_options(calibrate_help="Normal videos' features (bnwvad-infer's FEATURES forms; repeat the option): "
+                                   "the threshold becomes the quantile giving --false-alarm-rate on them.")
 @click.option("--layout", type=click.Choice(["auto", "TD", "TCD", "CTD"]), default="auto", show_default=True,
               help="Axes of the --calibrate files (as bnwvad-infer's --layout).")
-@click.option("--root", type=click.Path(file_okay=False, **_PATH), default=None, metavar="DIR",
+@click.option("--root", type=click.Path(file_okay=False, **PATH), default=None, metavar="DIR",
               help="Directory the paths of --calibrate list files are relative to.")
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=30.0, show_default=True,
               help="Frame rate for event times in seconds (a request may give its own).")
@@ -211,7 +179,6 @@ def _prepare(model, backend, strict, threads, device_id, sidecar, crops, any_cro
     """Load the model here (and calibrate): (meta, device, weights digest, calibration) or None
     after printing the error."""
     from .cli import open_model
-    from .events import calibrate_threshold
     from .inputs import collect_videos
     from .scoring import Scorer
 
@@ -229,22 +196,12 @@ def _prepare(model, backend, strict, threads, device_id, sidecar, crops, any_cro
                 videos, bad = collect_videos(calibrate, root=root, layout=layout, feature_dim=meta.feature_dim,
                                              crops_hint=want or meta.crops)
             except ValueError as e:
-                _error(str(e))
+                error(str(e))
                 return None
-            for f in bad:
-                click.secho(f"FAILED (calibration) {f.message}", fg="red", err=True)
-            scores = []
-            for r in Scorer(runner, memory_budget=memory_budget, crops=want).iter_results(videos):
-                if hasattr(r, "anomaly"):
-                    scores.append(r.anomaly)
-                else:
-                    click.secho(f"FAILED (calibration) {r.message}", fg="red", err=True)
-            if not scores:
-                _error("no calibration video could be scored; no threshold")
+            calibration = calibrate_on(Scorer(runner, memory_budget=memory_budget, crops=want), videos, bad,
+                                       false_alarm_rate, quiet=quiet)
+            if calibration is None:
                 return None
-            calibration = calibrate_threshold(scores, false_alarm_rate)
-            _info(f"calibrated threshold {calibration.threshold:.6g} on {calibration.videos} normal videos "
-                  f"({calibration.snippets} snippets, {100 * calibration.achieved_rate:.2f}% above)", quiet)
         return meta, runner.device, identity.digest, calibration
     finally:
         runner.close()
@@ -324,7 +281,7 @@ def _run_cluster(cfg, out, ray, serve, local, address, cpus, replicas, replica_c
         except Stop:
             raise
         except Exception as e:                   # noqa: BLE001 - Ray's errors are many
-            _error(deployment_error(e))
+            error(deployment_error(e))
             return EXIT_NOTHING_RAN
         _info(f"up in {time.perf_counter() - t0:.1f} s; batching "
               f"{'off' if cfg.max_batch == 1 else f'up to {cfg.max_batch} videos, {batch_wait_ms:g} ms wait'}; "

@@ -11,6 +11,15 @@ a script's folder on sys.path). Modules, in the order a run uses them:
     models      the timed and demo models, their exported graphs and TensorRT engines (cached)
     latency, throughput, memory, accuracy    the phases
     report      report.json's assembly, markdown, the chart, the headline line
+    cli         what the commands parse alike (comma-separated integers)
+
+bench/stream.py's phases, in the same way:
+
+    stream_plan     its constants, StreamPlan, the models, the machine's other tenants
+    stream_quality  a. accuracy on the demo test set, b. agreement with whole-video scores
+    stream_live     c. latency per snippet and live capacity
+    stream_cost     d. cost growth, a fresh process per point
+    stream_report   report.md, the plots, report.json
 
 Nothing here imports torch at module level: the memory helper process of an ONNX Runtime
 backend must never load it.

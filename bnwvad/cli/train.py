@@ -43,22 +43,15 @@ class _Failed(click.ClickException):
         self.exit_code = exit_code
 
 
-def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+def _numbers(text: str | None, what: str, kind: type, example: str) -> tuple | None:
+    """`--what 1,2,3` -> (kind(1), kind(2), kind(3)); None when the option was not given."""
     if text is None:
         return None
     try:
-        return tuple(float(t) for t in text.split(","))
+        return tuple(kind(t) for t in text.split(","))
     except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated numbers, e.g. 5,20", param_hint=what)
-
-
-def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected comma-separated integers, e.g. 32,16", param_hint=what)
+        noun = "integers" if kind is int else "numbers"
+        raise click.BadParameter(f"{text!r}: expected comma-separated {noun}, e.g. {example}", param_hint=what)
 
 
 def _build(o: dict[str, Any]):
@@ -105,9 +98,9 @@ def _build(o: dict[str, Any]):
         if o[name] is not None:
             model_kw[name] = o[name]
     if o["hidden_dims"] is not None:
-        model_kw["hidden_dims"] = _ints(o["hidden_dims"], "--hidden-dims")
+        model_kw["hidden_dims"] = _numbers(o["hidden_dims"], "--hidden-dims", int, "32,16")
     if o["w_mpp"] is not None:
-        model_kw["w_mpp"] = _floats(o["w_mpp"], "--w-mpp")
+        model_kw["w_mpp"] = _numbers(o["w_mpp"], "--w-mpp", float, "5,20")
     for name in ("batch_size", "segments", "lr", "weight_decay", "grad_clip", "iterations", "eval_every",
                  "seed"):
         if o[name] is not None:

@@ -187,3 +187,19 @@ def test_read_lengths_names_a_bad_file(tmp_path):
         read_lengths(bad)
     with pytest.raises(ValueError, match="missing.csv"):
         read_lengths(tmp_path / "missing.csv")
+
+
+def test_parse_ints_names_the_option_and_its_minimum():
+    import click
+
+    from bnwbench.cli import parse_ints
+
+    assert parse_ints(None, "--lengths") is None
+    assert parse_ints("64, 200,1000,", "--lengths") == [64, 200, 1000]
+    assert parse_ints("0,4", "--lookaheads", minimum=0) == [0, 4]
+    with pytest.raises(click.BadParameter, match="expected positive integers"):
+        parse_ints("0,4", "--lengths")
+    with pytest.raises(click.BadParameter, match="expected integers >= 0"):
+        parse_ints("-1", "--lookaheads", minimum=0)
+    with pytest.raises(click.BadParameter, match="expected comma-separated integers"):
+        parse_ints("a,b", "--windows")

@@ -54,3 +54,29 @@ def test_runtime_runners_and_the_torch_reference_follow_the_protocol(toy_onnx):
 
     assert isinstance(torch_runner.TorchRunner(BNWVAD(ModelConfig(feature_dim=8, embed_dim=16, heads=2,
                                                                   head_dim=8, depth=1))), Runner)
+
+
+def test_the_tolerance_table_reads_every_row_whole():
+    # The table is text: each row's limit, metric and the whole of its reason must come through.
+    assert len(TOLERANCES) == 16
+    assert TOLERANCES["reference_step_stable"] == contract.Tolerance(1e-6, "abs", "1% of lr; sign-unstable "
+                                                                               "elements excluded")
+    assert TOLERANCES["i3d_protocol"].why == ("frames -> features: resampling may move a pixel by one grey level "
+                                              "in a few places")
+    assert TOLERANCES["onnx_fp16"].limit == 2e-2 and TOLERANCES["metric_int8"].limit == 0.1
+    assert {t.metric for t in TOLERANCES.values()} == {"rel_to_max", "rel", "norm_rel", "abs", "points"}
+
+
+def test_closing_runners_close_on_leaving_a_with_block():
+    class Held(contract.Closing):
+        closed = 0
+
+        def close(self):
+            self.closed += 1
+
+    with Held() as r:
+        assert r.closed == 0
+    assert r.closed == 1
+    with contract.Closing() as plain:          # nothing to release: close() is a no-op
+        pass
+    plain.close()

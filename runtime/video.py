@@ -40,6 +40,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from bnwvad._extras import import_or_raise
+
 from .contract import FRAMES_PER_SNIPPET
 from .errors import RuntimeFailure
 
@@ -103,12 +105,8 @@ class VideoDecodeError(VideoError):
 
 def import_av():
     """The PyAV module, or VideoDependencyError naming the extra to install."""
-    try:
-        import av
-    except ImportError as e:
-        raise VideoDependencyError(f"decoding video files needs PyAV, which is not importable here ({e}). "
-                                   f"Fix: {VIDEO_EXTRA}") from None
-    return av
+    return import_or_raise("av", lambda e: VideoDependencyError(
+        f"decoding video files needs PyAV, which is not importable here ({e}). Fix: {VIDEO_EXTRA}"))
 
 
 # -- frames ------------------------------------------------------------------------------------

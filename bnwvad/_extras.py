@@ -25,7 +25,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "onnxruntime": ("onnxruntime", ("cpu", "gpu")),
     "tensorrt": ("tensorrt", ("tensorrt",)),
     "av": ("av", ("video",)),
-    "ray": ("ray[serve]", ("ray",)),
+    "ray": ("ray[data,serve]", ("ray",)),
 }
 EXIT_MISSING = 2            # DESIGN.md: 2 = nothing could run
 

@@ -151,6 +151,64 @@ def _message(e: urllib.error.HTTPError) -> str:
     return text[:500] or (e.reason if isinstance(e.reason, str) else str(e))
 
 
+class RemoteModel:
+    """A bnwvad-serve's model as bnwvad-infer --server records it: the runner-like fields the
+    run's summary.json reads (meta, backend, providers, ...) from GET /v1/model."""
+
+    def __init__(self, client: Client, info: dict):
+        from bnwvad.runtime.metadata import ModelMeta
+
+        model = dict(info.get("model") or {})
+        known = ("feature_dim", "crops", "frames_per_snippet", "precision", "opset", "version", "model_config",
+                 "preset", "source_digest", "weights_digest", "anomaly", "checkpoint")
+        self.meta = ModelMeta(source=client.url, **{k: model[k] for k in known if model.get(k) is not None})
+        self.info = info
+        self.backend = f"bnwvad-serve {client.url} ({info.get('backend')})"
+        self.requested, self.providers, self.fallback = "server", list(info.get("providers") or []), False
+        self.weights_digest = info.get("weights_digest") or self.meta.weights_digest
+
+    def describe(self) -> str:
+        return f"{self.backend}; the server's memory budget {self.info.get('memory_budget')}"
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteScorer:
+    """The runtime Scorer's `iter_results` over bnwvad-serve: each video's features sent to the
+    server (POST /v1/score), one request at a time; the answers as VideoResults. A video the
+    server refuses (4xx: bad values, too long) or whose file cannot be read is a VideoFailure
+    naming it; a server that cannot be reached raises ServerUnavailable (the run stops)."""
+
+    def __init__(self, client: Client, model: RemoteModel):
+        self.client, self.runner, self.meta = client, model, model.meta
+        self.stats = {"calls": 0, "videos": 0}
+        self.window = None
+        self.budget = type("ServerBudget", (), {"describe": lambda _self: f"the server's "
+                                                f"({model.info.get('memory_budget')})"})()
+
+    def iter_results(self, sources, progress=None):
+        from bnwvad.features import FeatureFileError
+        from bnwvad.runtime.errors import InputError
+        from bnwvad.runtime.scoring import VideoFailure, VideoResult
+
+        for s in sources:
+            try:
+                a = s.load()                      # (C, T, D) float32, checked where it entered
+                doc = self.client.score(a, layout="CTD")
+                self.stats["calls"] += 1
+                self.stats["videos"] += 1
+                yield VideoResult(s.name, *(np.asarray(doc[k], np.float32) for k in OUTPUTS), crops=int(a.shape[0]),
+                                  frames_per_snippet=self.meta.frames_per_snippet)
+            except ServerError as e:
+                yield VideoFailure(s.name, InputError(f"video {s.name!r}: bnwvad-serve answered HTTP {e.status}: "
+                                                      f"{e.message}"))
+            except (FeatureFileError, InputError, OSError) as e:
+                yield VideoFailure(s.name, e)
+            if progress:
+                progress(1)
+
+
 class Stream:
     """A streaming session of bnwvad-serve (--streams): push snippets, close at the end."""
 
@@ -174,4 +232,5 @@ class Stream:
         return _arrays(doc)
 
 
-__all__ = ["Client", "ClientError", "ServerError", "ServerUnavailable", "Stream", "npy_bytes"]
+__all__ = ["Client", "ClientError", "RemoteModel", "RemoteScorer", "ServerError", "ServerUnavailable", "Stream",
+           "npy_bytes"]

@@ -2,6 +2,8 @@
 
     bnwvad-infer FEATURES... --model model.onnx --out DIR [--threshold X | --calibrate NORMAL]
     bnwvad-infer VIDEO.mp4... --extractor i3d.onnx --model model.onnx --out DIR [--crops C]
+    bnwvad-infer FEATURES... --model model.onnx --out DIR [--actors N] --ray [ADDRESS]
+    bnwvad-infer FEATURES... --server http://HOST:8000 --out DIR
 
 Video files (by extension: .mp4 .mkv .avi .mov .webm .mpg .mpeg .m4v), given as such or found
 in a directory argument, are scored directly with --extractor (an I3D graph written by
@@ -25,7 +27,10 @@ DIR holds one run. Checked before any scoring: DIR can be created and written; i
 empty, it was written by this same model (whose earlier outputs this run then replaces, every
 file its summary.json lists, so a video that fails now keeps no stale score). Another model's
 folder, or a non-empty folder with no summary.json, is refused unless --overwrite, which removes
-exactly the files the earlier run listed and nothing else.
+exactly the files the earlier run listed and nothing else. With --ray (bnwvad.runtime.ray_batch: a
+Ray Data actor pool, the same outputs plus per-video completion records in DIR/.parts) a folder of
+this same model is RESUMED instead: only the videos without a valid record are scored. With
+--server URL the videos are scored by a running bnwvad-serve (bnwvad.client) and DIR is its model's.
 
 Exit status: 0 all scored; 1 some inputs failed (each reported by name, the rest written);
 2 nothing could run (bad options, model or backend errors, output folder, failed calibration,
@@ -34,17 +39,16 @@ summary.json says "interrupted": true.
 """
 from __future__ import annotations
 
-import logging
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import click
 
-from .errors import InputError, RuntimeFailure, parse_bytes, human_bytes
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN, EXIT_INTERRUPTED = 0, 1, 2, 130
+from .errors import InputError, RuntimeFailure, human_bytes
+from .options import EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, load_warning_once
+from .options import parse_budget as _budget  # noqa: F401 (bnwvad-stream imports it from here)
+from .outputs import _Outputs, _error, _fail, _report, _video_failed, _warn  # noqa: F401 (also cli's API)
 
 _HELP_EPILOG = """FEATURES: .npy files ((T, D) one crop; (T, C, D) stacked crops), per-crop sets
 <video>__<k>.npy (grouped by name), directories of them, or list files (datasets' format);
@@ -59,58 +63,11 @@ Exit status:
   130  interrupted (Ctrl-C, SIGTERM): finished videos written, summary.json "interrupted": true"""
 
 
-def _budget(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_bytes(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _warn(msg: str) -> None:
-    click.secho(f"WARNING: {msg}", fg="yellow", err=True)
-
-
-def _fail(msg: str) -> None:
-    click.secho(f"FAILED {msg}", fg="red", err=True)
-
-
-def _error(msg: str) -> None:
-    click.secho(f"error: {msg}", fg="red", err=True)
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def _load_runner_once(model, backend, **kw):
-    """load_runner, with each of its warnings printed once: the runtime both warns and logs a
-    backend fallback, and ONNX Runtime's own 'Specified provider ...' says it again."""
+    """load_runner, with each of its warnings printed once (options.load_warning_once)."""
     from .runners import load_runner
 
-    logger = logging.getLogger("bnwvad.runtime")
-    records, propagate = _Records(), logger.propagate
-    logger.addHandler(records)
-    logger.propagate = False
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            runner = load_runner(model, backend, **kw)
-    finally:
-        logger.removeHandler(records)
-        logger.propagate = propagate
-    messages = dict.fromkeys([str(w.message) for w in caught] + records.messages)
-    for msg in messages:
-        if runner.fallback and "not in available provider names" in msg:
-            continue          # ONNX Runtime's words for the fallback just reported, with its fix
-        _warn(msg)
-    return runner
+    return load_warning_once(load_runner, model, backend, **kw)
 
 
 def open_model(model, backend, **kw):
@@ -126,15 +83,37 @@ def open_model(model, backend, **kw):
     return runner, model_identity(runner.meta, model)
 
 
+def _open_server(url):
+    """(model, ModelIdentity, RemoteScorer) of the bnwvad-serve at url; None after printing the
+    one-line error when it cannot be reached or does not say which model it serves (exit 2)."""
+    from bnwvad.client import Client, ClientError, RemoteModel, RemoteScorer
+
+    from .io import ModelIdentity
+
+    client = Client(url)
+    try:
+        remote = RemoteModel(client, client.model())
+    except (ClientError, TypeError, ValueError) as e:
+        _error(f"--server {url}: {e}")
+        return None
+    if not remote.weights_digest:
+        _error(f"--server {url}: the server reports no weights digest; expected one to record which model "
+               f"wrote --out (start bnwvad-serve with its model check on)")
+        return None
+    return remote, ModelIdentity(remote.weights_digest, "weights (bnwvad-serve)", remote.meta.precision), \
+        RemoteScorer(client, remote)
+
+
 _PATH = dict(path_type=Path)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=_HELP_EPILOG)
 @click.argument("features", nargs=-1, required=True, type=click.Path(**_PATH))
-@click.option("--model", "-m", "model", required=True, metavar="FILE",
+@click.option("--model", "-m", "model", default=None, metavar="FILE",
               type=click.Path(dir_okay=False, **_PATH),
-              help="Exported model: .onnx, or a TensorRT engine (.engine/.plan) with its JSON sidecar.")
+              help="Exported model: .onnx, or a TensorRT engine (.engine/.plan) with its JSON sidecar. "
+                   "Required, except with --server.")
 @click.option("--out", "-o", "out", required=True, metavar="DIR", type=click.Path(**_PATH),
               help="Output FOLDER (created): <video>.npy, results.npz, summary.json, events.json, "
                    "plots/. A non-empty one must hold an earlier run of this same model, whose outputs "
@@ -198,12 +177,27 @@ _PATH = dict(path_type=Path)
                    "(decoded with PyAV, the `video` extra).")
 @click.option("--video-fps", type=click.FloatRange(min=0.0, min_open=True), default=None, metavar="F",
               help="With --extractor: resample video inputs to F fps first (default: every decoded frame).")
+@click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Score on a Ray cluster (the `ray` extra; bnwvad.runtime.ray_batch): alone, a local one; "
+                   "auto, HOST:PORT or ray://HOST:PORT, that cluster (inputs and --out on storage every node "
+                   "sees). Resumable: an --out of this same model is resumed, only the videos without a "
+                   "valid record scored. Write it last or as --ray=ADDRESS.")
+@click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: actors, each holding one model session.")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="With --ray: GPUs per actor (fractions share a GPU).")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="With --ray: CPUs per actor [local cluster: its CPUs / --actors; else 1].")
+@click.option("--server", "server", default=None, metavar="URL",
+              help="Score through a running bnwvad-serve at URL (its model; bnwvad.client), one request per "
+                   "video: the same outputs, --out's rules with the server's model.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no per-video lines.")
 @click.pass_context
 def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, device_id, sidecar, root,
          layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget, window, lookahead,
          step, threshold,
-         calibrate, false_alarm_rate, fps, min_event_snippets, plot, extractor, video_fps, quiet):
+         calibrate, false_alarm_rate, fps, min_event_snippets, plot, extractor, video_fps, ray, actors,
+         gpus_per_actor, cpus_per_actor, server, quiet):
     """Score video features (or, with --extractor, video files) with an exported BN-WVAD model
     (ONNX Runtime or TensorRT, no torch)."""
     from .inputs import is_video_path
@@ -217,6 +211,26 @@ def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, 
                 f"extractor: add --extractor i3d.onnx (written by `bnwvad-export i3d WEIGHTS -o i3d.onnx`), "
                 f"or extract features first with `bnwvad-extract VIDEO --extractor i3d.onnx --out FEATS` "
                 f"and score FEATS")
+    if (model is None) == (server is None):
+        raise click.UsageError("give --model FILE (or --server URL to score through bnwvad-serve)"
+                               if model is None else "give --model or --server, not both")
+    if server is not None and (ray is not None or window is not None or extractor is not None):
+        raise click.UsageError("--server scores feature files whole on the server; it does not combine with "
+                               "--ray, --window or --extractor")
+    if ray is not None:
+        from .ray_batch import parse_address, require_ray
+
+        require_ray()                      # before any work: without it, the extra to install (exit 2)
+
+        if extractor is not None or plot:
+            raise click.UsageError(f"--ray scores feature files without plots; {'--extractor' if extractor else '--plot'} "
+                                   f"is not supported with it. Fix: extract features first with `bnwvad-extract`, "
+                                   f"or score without --ray")
+        try:
+            ray = {"address": parse_address(ray), "actors": actors, "gpus_per_actor": gpus_per_actor,
+                   "cpus_per_actor": cpus_per_actor}
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
     if threshold is not None and calibrate:
         raise click.UsageError("give --threshold or --calibrate, not both")
     if crops is not None and any_crops:
@@ -228,7 +242,7 @@ def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, 
                 memory_budget=memory_budget, window=window, lookahead=lookahead, step=step,
                 threshold=threshold, calibrate=calibrate,
                 false_alarm_rate=false_alarm_rate, fps=fps, min_event_snippets=min_event_snippets,
-                plot=plot, extractor=extractor, video_fps=video_fps, quiet=quiet)
+                plot=plot, extractor=extractor, video_fps=video_fps, ray=ray, server=server, quiet=quiet)
     with InterruptSignals() as signals:
         ctx.exit(_run(signals, **opts))
 
@@ -236,12 +250,12 @@ def main(ctx, features, model, out, overwrite, backend, strict, threads, arena, 
 def _run(signals, *, features, model, out, overwrite, backend, strict, threads, arena, device_id,
          sidecar, root, layout, crops_from_names, crops, any_crops, batch_size, max_rows, memory_budget,
          window, lookahead, step, threshold, calibrate, false_alarm_rate, fps, min_event_snippets, plot,
-         extractor, video_fps, quiet) -> int:
+         extractor, video_fps, ray, server, quiet) -> int:
     """The run; returns the exit status. Nothing in --out changes until every check passed and
     the threshold is known ("commit"); from then on what is done is recorded, even when
     interrupted."""
-    from .events import calibrate_threshold
     from .inputs import collect_videos
+    from .options import calibrate_on
     from .io import RunFolderError, claim_output_dir, prepare_output_dir, remove_created, remove_listed
     from .scoring import Scorer
 
@@ -253,11 +267,13 @@ def _run(signals, *, features, model, out, overwrite, backend, strict, threads, 
         return EXIT_NOTHING_RAN
     committed = False
     try:
-        opened = open_model(model, backend, strict=strict, threads=threads, arena=arena,
-                            device_id=device_id, sidecar=sidecar)
+        opened = (_open_server(server) if server is not None else
+                  open_model(model, backend, strict=strict, threads=threads, arena=arena, device_id=device_id,
+                             sidecar=sidecar))
         if opened is None:
             return EXIT_NOTHING_RAN
-        runner, identity = opened
+        runner, identity = opened[:2]
+        model = model or server
         meta = runner.meta
         try:
             earlier = claim_output_dir(out, identity, overwrite=overwrite)
@@ -265,7 +281,9 @@ def _run(signals, *, features, model, out, overwrite, backend, strict, threads, 
             _error(str(e))
             return EXIT_NOTHING_RAN
         want = None if any_crops else (crops or meta.crops)
-        if window is not None:
+        if server is not None:
+            scorer = opened[2]
+        elif window is not None:
             from .stream import WindowedScorer
 
             scorer = WindowedScorer(runner, window, lookahead, step, memory_budget=memory_budget,
@@ -310,25 +328,21 @@ def _run(signals, *, features, model, out, overwrite, backend, strict, threads, 
         # -- threshold from normal videos ---------------------------------------------------
         calibration = None
         if calibrate:
-            cvideos, cfail = gather(calibrate)
-            for f in cfail:
-                _fail(f"(calibration) {f.message}")
-            cscores = []
-            for r in scorer.iter_results(cvideos):
-                if hasattr(r, "anomaly"):
-                    cscores.append(r.anomaly)
-                else:
-                    _fail(f"(calibration) {r.message}")
-            if not cscores:
-                _error("no calibration video could be scored; no threshold")
+            calibration = calibrate_on(scorer, *gather(calibrate), false_alarm_rate, quiet=quiet)
+            if calibration is None:
                 return EXIT_NOTHING_RAN
-            calibration = calibrate_threshold(cscores, false_alarm_rate)
             threshold = calibration.threshold
-            if not quiet:
-                click.echo(f"calibrated threshold {threshold:.6g} on {calibration.videos} normal videos "
-                           f"({calibration.snippets} snippets, {100 * calibration.achieved_rate:.2f}% "
-                           f"above)", err=True)
         # -- commit: --out is this run's from here on ----------------------------------------
+        if ray is not None:                # the Ray run commits (resumes) and scores on its own
+            from .ray_batch import run_key, run_ray
+
+            run = _Outputs(out, model, runner, identity, threshold, calibration, fps, budget_text, scorer)
+            committed = True
+            return run_ray(signals, run, videos, bad, t0, earlier=earlier, model=model, backend=backend,
+                           load=dict(strict=strict, threads=threads, arena=arena, device_id=device_id,
+                                     sidecar=sidecar), key=run_key(identity, window, lookahead, step),
+                           crops=want, batch_size=batch_size, max_rows=max_rows, memory_budget=memory_budget,
+                           min_event_snippets=min_event_snippets, quiet=quiet, **ray)
         with signals.held():
             removed = remove_listed(earlier) if earlier is not None else []
             run = _Outputs(out, model, runner, identity, threshold, calibration, fps, budget_text, scorer)
@@ -410,114 +424,6 @@ def _split_video_inputs(features):
             feats.append(a)
     videos, bad = collect_video_files(vids) if vids else ([], [])
     return feats, videos, bad
-
-
-class _Outputs:
-    """What a committed run has written, and its summary.json."""
-
-    def __init__(self, out, model, runner, identity, threshold, calibration, fps, budget_text, scorer):
-        self.out, self.model, self.runner, self.identity = out, model, runner, identity
-        self.threshold, self.calibration, self.fps = threshold, calibration, fps
-        self.budget_text, self.scorer = budget_text, scorer
-        self.results: dict = {}            # video -> VideoResult, in completion order
-        self.files: dict[str, list[str]] = {}   # video -> its files, relative to out
-        self.events: dict = {}
-        self.failures: dict[str, str] = {}
-        self.pending: list[str] = []       # videos collected but not finished (interrupted)
-        self.shared: list[str] = []        # results.npz, events.json
-        self.extractor: dict | None = None # with video inputs: summary.json's "extractor"
-        self.sources: dict[str, dict] = {} # video input -> its source and extraction record
-        self.video_fps: dict[str, float] = {}   # video input -> its frame rate (event times)
-
-    def save_summary(self, status: str, order=(), seconds: float | None = None,
-                     signal: str | None = None) -> None:
-        from .io import RUN_FORMAT, RUN_FORMAT_VERSION, SUMMARY_FILE, save_json
-
-        meta, runner = self.runner.meta, self.runner
-        ordered = [self.results[n] for n in order if n in self.results]
-        files = [f for r in ordered for f in self.files[r.name]] + self.shared + [SUMMARY_FILE]
-        summary = {
-            "format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION,
-            "status": status, "interrupted": status == "interrupted",
-            **({"signal": signal} if signal else {}),
-            "model": {"path": str(self.model), "weights_digest": self.identity.digest,
-                      "digest_of": self.identity.digest_of, "precision": self.identity.precision,
-                      "backend": runner.backend, "requested": runner.requested,
-                      "providers": runner.providers, "fallback": runner.fallback,
-                      "metadata": meta.to_dict()},
-            **({"extractor": self.extractor} if self.extractor is not None else {}),
-            "files": files,
-            "videos": {r.name: {"snippets": r.length, "frames": r.length * r.frames_per_snippet,
-                                "crops": r.crops, "max_anomaly": float(r.anomaly.max()),
-                                "mean_anomaly": float(r.anomaly.mean()),
-                                "events": len(self.events.get(r.name, ())),
-                                **({"video": self.sources[r.name]} if r.name in self.sources else {}),
-                                "files": self.files[r.name]} for r in ordered},
-            "failures": self.failures,
-            "not_scored": self.pending,
-            "threshold": self.threshold,
-            "memory_budget": self.budget_text,
-            "calls": self.scorer.stats["calls"],
-            "seconds": None if seconds is None else round(seconds, 3),
-        }
-        save_json(self.out / SUMMARY_FILE, summary)
-
-    def write_video(self, r, *, min_event_snippets: int, plot: bool) -> None:
-        from .events import find_events
-        from .io import save_npy
-
-        files = [f"{r.name}.npy"]
-        save_npy(self.out / files[0], r.anomaly)
-        self.results[r.name] = r           # recorded as each file lands: nothing unlisted on an error
-        self.files[r.name] = files
-        fps = self.video_fps.get(r.name) or self.fps
-        if self.threshold is not None:
-            self.events[r.name] = find_events(r.anomaly, self.threshold,
-                                              frames_per_snippet=r.frames_per_snippet, fps=fps,
-                                              min_snippets=min_event_snippets)
-        if plot:
-            from .plot import plot_video
-
-            png = f"plots/{r.name}.png"
-            plot_video(self.out / png, r.name, r.anomaly, frames_per_snippet=r.frames_per_snippet,
-                       fps=fps, threshold=self.threshold, events=self.events.get(r.name, ()))
-            files.append(png)
-
-    def finish(self, order, status: str, seconds: float, signal: str | None = None) -> list:
-        from .io import RESULTS_FILE, save_json, save_results
-
-        ordered = [self.results[n] for n in order if n in self.results]
-        save_results(self.out / RESULTS_FILE, ordered, self.runner.meta.frames_per_snippet)
-        self.shared = [RESULTS_FILE]
-        if self.threshold is not None:
-            cal = self.calibration
-            save_json(self.out / "events.json", {
-                "threshold": self.threshold, "threshold_source": "calibrated" if cal else "given",
-                "calibration": cal.to_dict() if cal else None,
-                "fps": self.fps, "frames_per_snippet": self.runner.meta.frames_per_snippet,
-                **({"video_fps": {n: f for n, f in self.video_fps.items() if n in self.results}}
-                   if self.video_fps else {}),
-                "videos": {r.name: [e.to_dict() for e in self.events.get(r.name, ())] for r in ordered}})
-            self.shared.append("events.json")
-        self.save_summary(status, order, seconds, signal)
-        return ordered
-
-
-def _video_failed(run: "_Outputs", r, scorer) -> None:
-    """Record and print a video's failure. A whole video over the memory budget is never
-    switched to windows silently: the message says which --window would fit."""
-    from .errors import MemoryBudgetError
-
-    msg = r.message if r.name in r.message else f"{r.name}: {r.message}"
-    if isinstance(r.error, MemoryBudgetError) and getattr(scorer, "window", None) is None:
-        from .stream import largest_window
-
-        w = largest_window(scorer.meta, scorer.call_budget, crops=1)
-        if w > 0:
-            msg += (f". Or score it in windows, in memory bounded by the window instead of its length: "
-                    f"--window {min(w, 256)} (the largest that fits this budget is {w})")
-    run.failures[r.name] = msg
-    _fail(msg)
 
 
 def _score(signals, run: _Outputs, scorer, videos, bad, t0, *, min_event_snippets, plot, quiet,
@@ -607,21 +513,6 @@ def _score_video_file(signals, run: _Outputs, scorer, extraction, name, path, ba
                 run.write_video(r, min_event_snippets=min_event_snippets, plot=plot)
     finally:
         bar.update(1)
-
-
-def _report(run: _Outputs, ordered, quiet: bool) -> None:
-    if quiet or not ordered:
-        return
-    threshold = run.threshold
-    width = min(60, max(len(r.name) for r in ordered))
-    click.echo(f"{'video':<{width}} {'T':>6} {'crops':>5} {'max':>9} {'mean':>9}"
-               + (f" {'events':>6}" if threshold is not None else ""))
-    for r in ordered:
-        name = r.name if len(r.name) <= width else r.name[: width - 3] + "..."
-        line = f"{name:<{width}} {r.length:>6} {r.crops:>5} {r.anomaly.max():>9.4f} {r.anomaly.mean():>9.4f}"
-        if threshold is not None:
-            line += f" {len(run.events.get(r.name, ())):>6}"
-        click.echo(line)
 
 
 if __name__ == "__main__":   # pragma: no cover

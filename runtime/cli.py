@@ -48,6 +48,8 @@ import click
 from .errors import InputError, RuntimeFailure, human_bytes
 from .options import EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, load_warning_once
 from .options import parse_budget as _budget  # noqa: F401 (bnwvad-stream imports it from here)
+from .options import (MODEL_HELP, backend_options, crops_options, memory_budget_option, model_option,
+                      threshold_options, window_options)
 from .outputs import _Outputs, _error, _fail, _report, _video_failed, _warn  # noqa: F401 (also cli's API)
 
 _HELP_EPILOG = """FEATURES: .npy files ((T, D) one crop; (T, C, D) stacked crops), per-crop sets
@@ -110,10 +112,7 @@ _PATH = dict(path_type=Path)
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=_HELP_EPILOG)
 @click.argument("features", nargs=-1, required=True, type=click.Path(**_PATH))
-@click.option("--model", "-m", "model", default=None, metavar="FILE",
-              type=click.Path(dir_okay=False, **_PATH),
-              help="Exported model: .onnx, or a TensorRT engine (.engine/.plan) with its JSON sidecar. "
-                   "Required, except with --server.")
+@model_option(MODEL_HELP + " Required, except with --server.", required=False)
 @click.option("--out", "-o", "out", required=True, metavar="DIR", type=click.Path(**_PATH),
               help="Output FOLDER (created): <video>.npy, results.npz, summary.json, events.json, "
                    "plots/. A non-empty one must hold an earlier run of this same model, whose outputs "
@@ -121,20 +120,7 @@ _PATH = dict(path_type=Path)
 @click.option("--overwrite", is_flag=True,
               help="Write into a non-empty --out that another model wrote (removing exactly the files "
                    "its summary.json lists) or that holds no summary.json (removing nothing).")
-@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]),
-              default="auto", show_default=True,
-              help="auto: tensorrt for engines; else ort-cuda where ONNX Runtime offers CUDA, else ort-cpu.")
-@click.option("--strict/--no-strict", default=False, show_default=True,
-              help="Fail (instead of warning) when the backend asked for is not what runs.")
-@click.option("--threads", type=click.IntRange(min=0), default=None,
-              help="ONNX Runtime intra-op threads (0 or unset: its default).")
-@click.option("--arena/--no-arena", default=True, show_default=True,
-              help="ONNX Runtime's CPU memory arena: keeps the largest call's buffers (measured: about "
-                   "twice the working set of the longest video held to the end); off returns them.")
-@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
-              help="CUDA device (GPU index) for the ort-cuda, ort-trt and tensorrt backends.")
-@click.option("--sidecar", type=click.Path(dir_okay=False, **_PATH), default=None, metavar="FILE",
-              help="A TensorRT engine's metadata JSON, if not <engine>.json beside it.")
+@backend_options()
 @click.option("--root", type=click.Path(file_okay=False, **_PATH), default=None, metavar="DIR",
               help="Directory the paths of list files are relative to (default: the list's folder).")
 @click.option("--layout", type=click.Choice(["auto", "TD", "TCD", "CTD"]), default="auto",
@@ -143,30 +129,19 @@ _PATH = dict(path_type=Path)
                    "only when its 2nd axis is the model's crop count and its 1st is not, else an error.")
 @click.option("--crops-from-names/--no-crops-from-names", default=True, show_default=True,
               help="Group <video>__<k>.npy files into videos (crops 0..C-1 must all be present).")
-@click.option("--crops", "crops", type=click.IntRange(min=1), default=None,
-              help="Crops each video must have (default: the model's metadata).")
-@click.option("--any-crops", is_flag=True, help="Accept videos with any number of crops (averaged).")
+@crops_options()
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most videos per runner call.")
 @click.option("--max-rows", type=click.IntRange(min=1), default=None,
               help="Most N*C*T rows per call (default: 1024 on CPU, where larger calls stop paying; "
                    "unbounded on GPUs).")
-@click.option("--memory-budget", callback=_budget, default=None, metavar="SIZE",
-              help="Working memory per call, e.g. 2GiB (default: half of the available RAM, or of "
-                   "free GPU memory on CUDA backends).")
-@click.option("--window", type=click.IntRange(min=1), default=None, metavar="W",
-              help="Score in windows of W snippets (as bnwvad-stream does live): time and memory linear "
-                   "in a video's length, for videos too long to score whole. Scores then depend on W.")
-@click.option("--lookahead", type=click.IntRange(min=0), default=0, show_default=True, metavar="L",
-              help="With --window: snippets after each snippet in its window.")
-@click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, metavar="S",
-              help="With --window: snippets scored per window call (amortises the window).")
-@click.option("--threshold", type=float, default=None, help="Report events above this anomaly score.")
-@click.option("--calibrate", "calibrate", multiple=True, metavar="PATH", type=click.Path(**_PATH),
-              help="Normal videos' features (same forms as FEATURES; repeat the option): the threshold "
-                   "becomes the quantile giving --false-alarm-rate on them.")
-@click.option("--false-alarm-rate", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.01,
-              show_default=True, help="With --calibrate: fraction of normal snippets allowed above.")
+@memory_budget_option()
+@window_options(
+    window_help="Score in windows of W snippets (as bnwvad-stream does live): time and memory linear in a video's "
+                "length, for videos too long to score whole. Scores then depend on W.",
+    lookahead_help="With --window: snippets after each snippet in its window.",
+    step_help="With --window: snippets scored per window call (amortises the window).")
+@threshold_options()
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=30.0, show_default=True,
               help="Video frame rate, for event times in seconds (XD-Violence: 24).")
 @click.option("--min-event-snippets", type=click.IntRange(min=1), default=1, show_default=True,

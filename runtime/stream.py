@@ -442,6 +442,12 @@ class StreamGroup:
         return done
 
 
+def _read_through(owner: str, name: str) -> property:
+    """A read-only property returning self.<owner>.<name>."""
+    return property(lambda self: getattr(getattr(self, owner), name),
+                    doc=f"The {name} of this object's {owner.lstrip('_')}.")
+
+
 class StreamScorer:
     """One stream scored as it arrives: the one-stream case of StreamGroup.
 
@@ -474,33 +480,14 @@ class StreamScorer:
     def flush(self) -> np.ndarray:
         return self._handle.flush()
 
-    @property
-    def snippets(self) -> int:
-        return self._handle.snippets
-
-    @property
-    def final(self) -> int:
-        return self._handle.final
-
-    @property
-    def closed(self) -> bool:
-        return self._handle.closed
-
-    @property
-    def buffer_shape(self):
-        return self._handle.buffer_shape
-
-    @property
-    def buffer_nbytes(self) -> int:
-        return self._handle.buffer_nbytes
-
-    @property
-    def delay(self) -> int:
-        return self.group.delay
-
-    @property
-    def stats(self) -> dict:
-        return self.group.stats
+    # The one stream's state, read through to its handle and group (same names, same meaning).
+    snippets = _read_through("_handle", "snippets")
+    final = _read_through("_handle", "final")
+    closed = _read_through("_handle", "closed")
+    buffer_shape = _read_through("_handle", "buffer_shape")
+    buffer_nbytes = _read_through("_handle", "buffer_nbytes")
+    delay = _read_through("group", "delay")
+    stats = _read_through("group", "stats")
 
 
 class WindowedScorer(Scorer):

@@ -69,6 +69,8 @@ import numpy as np
 from .cli import (EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, _budget, _error, _fail,
                   _load_runner_once)
 from .errors import InputError, RuntimeFailure, human_bytes
+from .options import (backend_options, crops_options, memory_budget_option, model_option,
+                      threshold_options)
 from .stream_sources import DirectorySource, StdinSource, VideoSource
 
 STREAM_FORMAT = "bnwvad-stream"
@@ -258,8 +260,7 @@ def _key_values(ctx, param, values):
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=_HELP_EPILOG)
 @click.argument("source", metavar="SOURCE")
-@click.option("--model", "-m", "model", required=True, metavar="FILE", type=click.Path(dir_okay=False, **_PATH),
-              help="Exported model: .onnx, or a TensorRT engine (.engine/.plan) with its JSON sidecar.")
+@model_option()
 @click.option("--window", "-w", type=click.IntRange(min=1), required=True,
               help="W: snippets of context up to and including the snippet scored.")
 @click.option("--lookahead", "-l", type=click.IntRange(min=0), default=0, show_default=True,
@@ -272,34 +273,16 @@ def _key_values(ctx, param, values):
                    "run was another model's is refused unless --append-other-model.")
 @click.option("--append-other-model", is_flag=True,
               help="Append to an --output FILE whose last run was written by another model.")
-@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt"]),
-              default="auto", show_default=True,
-              help="auto: tensorrt for engines; else ort-cuda where ONNX Runtime offers CUDA, else ort-cpu.")
-@click.option("--strict/--no-strict", default=False, show_default=True,
-              help="Fail (instead of warning) when the backend asked for is not what runs.")
-@click.option("--threads", type=click.IntRange(min=0), default=None,
-              help="ONNX Runtime intra-op threads (0 or unset: its default).")
-@click.option("--arena/--no-arena", default=True, show_default=True,
-              help="ONNX Runtime's CPU memory arena (keeps the largest call's buffers).")
-@click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
-              help="CUDA device (GPU index) for the ort-cuda, ort-trt and tensorrt backends.")
-@click.option("--sidecar", type=click.Path(dir_okay=False, **_PATH), default=None, metavar="FILE",
-              help="A TensorRT engine's metadata JSON, if not <engine>.json beside it.")
-@click.option("--crops", "crops", type=click.IntRange(min=1), default=None,
-              help="Crops each snippet must have (default: the model's metadata).")
-@click.option("--any-crops", is_flag=True,
-              help="Accept any number of crops (averaged); the first array fixes the stream's count.")
-@click.option("--memory-budget", callback=_budget, default=None, metavar="SIZE",
-              help="Working memory per call, e.g. 2GiB (default: half of the available RAM, or of free GPU "
-                   "memory on CUDA backends).")
-@click.option("--threshold", type=float, default=None, help="Report events above this anomaly score.")
-@click.option("--calibrate", "calibrate", multiple=True, metavar="PATH", type=click.Path(**_PATH),
-              help="Normal videos' features (bnwvad-infer's FEATURES forms; repeat the option), scored with "
-                   "the same W / L / S: the threshold becomes the quantile giving --false-alarm-rate on them.")
-@click.option("--root", type=click.Path(file_okay=False, **_PATH), default=None, metavar="DIR",
-              help="Directory the paths of --calibrate list files are relative to (default: the list's folder).")
-@click.option("--false-alarm-rate", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.01,
-              show_default=True, help="With --calibrate: fraction of normal snippets allowed above.")
+@backend_options(arena_help="ONNX Runtime's CPU memory arena (keeps the largest call's buffers).")
+@crops_options(crops_help="Crops each snippet must have (default: the model's metadata).",
+               any_crops_help="Accept any number of crops (averaged); the first array fixes the stream's count.")
+@memory_budget_option()
+@threshold_options(
+    calibrate_help="Normal videos' features (bnwvad-infer's FEATURES forms; repeat the option), scored with the same "
+                   "W / L / S: the threshold becomes the quantile giving --false-alarm-rate on them.",
+    after_calibrate=[click.option(
+        "--root", type=click.Path(file_okay=False, **_PATH), default=None, metavar="DIR",
+        help="Directory the paths of --calibrate list files are relative to (default: the list's folder).")])
 @click.option("--min-event-snippets", type=click.IntRange(min=1), default=1, show_default=True,
               help="An event starts after this many consecutive snippets above the threshold.")
 @click.option("--max-gap", type=click.IntRange(min=0), default=0, show_default=True,

@@ -37,6 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bnwvad.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
 from bnwbench.measure import fastest_probe, interleaved_rounds, matmul_probes, say, summarize, Stopwatch  # noqa: E402
 
 FPS = 30.0
@@ -121,6 +122,39 @@ def int8_export(fp32: Path, cache: Path) -> Path | None:
         return None
 
 
+def detector_score_change(runners: dict, resized: list, cache: Path, clock) -> dict | None:
+    """What each precision's feature error does to BN-WVAD: every snippet of the video
+    extracted with the detector's crop count by each runner, the (1, C, T, D) features scored by
+    the published XD-Violence model (ONNX Runtime fp32; bnwbench.models picks it, or the
+    paper-size architecture with random weights when the weights are absent), and the score /
+    anomaly of each precision's features compared with those of ort-fp32's features.
+    None when the detector cannot be loaded (its dimension must be the extractor's 1024)."""
+    from bnwbench.models import export_graphs, load_speed_model
+    from bnwvad.runtime.contract import error
+    from bnwvad.runtime.runners import load_runner
+    from bnwvad.runtime.video import snippet_clips
+
+    model, desc, _, preset = load_speed_model(None, None, cache, seed=0)
+    onnx_path = export_graphs(model, ["fp32"], cache, "speed", preset, clock)["fp32"]
+    detector = load_runner(onnx_path, "ort-cpu")
+    try:
+        c = detector.meta.crops or 10
+        if detector.meta.feature_dim != 1024:
+            say(f"score change: skipped, the detector takes D = {detector.meta.feature_dim}, not 1024", clock)
+            return None
+        out = {}
+        for name, r in runners.items():
+            feats = np.stack([r.run(snippet_clips(f, c, resized=True)) for f in resized], axis=1)  # (C, T, D)
+            out[name] = detector.run(feats[None], np.array([feats.shape[1]], np.int64))
+        ref = out["ort-fp32"]
+        change = {name: {k: error(o[k], ref[k], "abs") for k in ("score", "anomaly")}
+                  for name, o in out.items() if name != "ort-fp32"}
+        return {"detector": desc["kind"], "crops": c, "snippets": len(resized),
+                "anomaly_max": float(np.abs(ref["anomaly"]).max()), "max_abs_change": change}
+    finally:
+        detector.close()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds, no fp16/int8 unless cached")
@@ -186,6 +220,11 @@ def main(argv=None) -> int:
             agree[name] = error(r.run(clips10), ref, "rel_to_max")
     say("agreement with ort-fp32 (max |d| / max |ref|, 10 clips): "
         + ", ".join(f"{k} {v:.2e}" for k, v in agree.items()), clock)
+    scores = detector_score_change(runners, resized, args.cache, clock)
+    if scores is not None:
+        say("BN-WVAD score change against ort-fp32's features (max abs): " + ", ".join(
+            f"{k} score {v['score']:.2e} anomaly {v['anomaly']:.2e}" for k, v in scores["max_abs_change"].items()),
+            clock)
 
     # -- the network, interleaved ------------------------------------------------------------
     runs = {}
@@ -220,7 +259,7 @@ def main(argv=None) -> int:
               "gemm_peak_gflops": peak / 1e9, "gemm_peak_library": peak_name, "gemm_probe_rates": rates,
               "per_snippet_ms": {"decode": decode * 1e3, "resize": resize * 1e3,
                                  "crops": {c: v * 1e3 for c, v in crop.items()}},
-              "agreement_rel_to_max": agree, "foreign_cpu_share": foreign, "rows": rows,
+              "agreement_rel_to_max": agree, "detector_score_change": scores, "foreign_cpu_share": foreign, "rows": rows,
               "video": {"frames": frames, "size": "320x240", "fps": FPS, "codec": "h264"}}
     md = [f"# I3D extraction speed ({args.threads} threads{', quick' if args.quick else ''})", "",
           f"Full-size InceptionI3d, {flops / 1e9:.1f} GFLOP per clip; fp32 GEMM peak "
@@ -237,9 +276,15 @@ def main(argv=None) -> int:
     md += ["", "Agreement with ort-fp32 on 10 clips (max |d| / max |fp32|): "
            + ", ".join(f"{k} {v:.1e}" for k, v in agree.items()) + " (contract: onnx_fp32 1e-4; fp16 "
            "per bnwvad.runtime.contract.TOLERANCES)."]
+    if scores is not None:
+        md += ["", f"What that does to BN-WVAD ({scores['detector']}, {scores['crops']} crops, the video's "
+               f"{scores['snippets']} snippets; max |anomaly| {scores['anomaly_max']:.1f}): max abs change of "
+               "score / anomaly against ort-fp32's features: "
+               + ", ".join(f"{k} {v['score']:.1e} / {v['anomaly']:.1e}" for k, v in scores["max_abs_change"].items())
+               + "."]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "report.md").write_text("\n".join(md) + "\n")
+    atomic_write_json(args.out / "report.json", report, indent=2)
+    atomic_write_bytes(args.out / "report.md", ("\n".join(md) + "\n").encode())
     print("\n".join(md))
     for r in runners.values():
         r.close()

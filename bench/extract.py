@@ -164,6 +164,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "extract")
     ap.add_argument("--no-fp16", action="store_true")
     ap.add_argument("--int8", action="store_true", help="also try a dynamic int8 graph")
+    ap.add_argument("--backend", choices=["ort-cpu", "ort-cuda", "ort-trt"], default="ort-cpu",
+                    help="ONNX Runtime provider of the graphs (strict: no silent fallback to CPU)")
+    ap.add_argument("--torch-device", default="cpu", help="device of the PyTorch eager reference (cpu, cuda)")
     args = ap.parse_args(argv)
     clock = Stopwatch()
     import onnxruntime  # noqa: F401  (before torch: one OpenMP runtime each, as in bench/run.py)
@@ -171,6 +174,7 @@ def main(argv=None) -> int:
 
     from bnwvad.i3d import TorchExtractor, deterministic_state_dict, load_i3d
     from bnwvad.runtime.contract import error
+    from bnwvad.runtime.errors import RuntimeFailure
     from bnwvad.runtime.extractor import ExtractorRunner
     from bnwvad.runtime.video import VideoReader, resize_frames, snippet_clips
 
@@ -181,15 +185,23 @@ def main(argv=None) -> int:
     model = load_i3d(deterministic_state_dict())
     flops = conv_flops(model)
     say(f"I3D: {flops / 1e9:.1f} GFLOP per clip (convolutions)", clock)
-    torch_ex = TorchExtractor(model)
-    runners = {"ort-fp32": ExtractorRunner(paths["fp32"], "ort-cpu", threads=args.threads, batch=10)}
+    torch_ex = TorchExtractor(model, device=args.torch_device)
+
+    def ort_runner(path):
+        return ExtractorRunner(path, args.backend, strict=True, threads=args.threads, batch=10)
+
+    try:
+        runners = {"ort-fp32": ort_runner(paths["fp32"])}
+    except RuntimeFailure as e:        # e.g. --backend ort-cuda without onnxruntime-gpu: say so, no fallback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if "fp16" in paths:
-        runners["ort-fp16"] = ExtractorRunner(paths["fp16"], "ort-cpu", threads=args.threads, batch=10)
+        runners["ort-fp16"] = ort_runner(paths["fp16"])
     if args.int8:
         p8 = int8_export(paths["fp32"], args.cache)
         if p8 is not None:
             try:
-                runners["ort-int8"] = ExtractorRunner(p8, "ort-cpu", threads=args.threads, batch=10)
+                runners["ort-int8"] = ort_runner(p8)
             except Exception as e:          # noqa: BLE001
                 say(f"int8: cannot be run ({type(e).__name__}: {e})", clock)
 
@@ -255,13 +267,16 @@ def main(argv=None) -> int:
                      "snippets_per_s": 1 / per, "realtime_factor": SNIPPET_S / per,
                      "gflops": flops * c / net / 1e9, "peak_fraction": flops * c / net / peak})
     rows.sort(key=lambda r: (r["crops"], r["backend"]))
-    report = {"threads": args.threads, "quick": args.quick, "gflop_per_clip": flops / 1e9,
+    devices = {"onnxruntime": f"{args.backend} ({runners['ort-fp32'].providers[0]})", "torch": args.torch_device}
+    report = {"threads": args.threads, "quick": args.quick, "devices": devices, "gflop_per_clip": flops / 1e9,
               "gemm_peak_gflops": peak / 1e9, "gemm_peak_library": peak_name, "gemm_probe_rates": rates,
               "per_snippet_ms": {"decode": decode * 1e3, "resize": resize * 1e3,
                                  "crops": {c: v * 1e3 for c, v in crop.items()}},
               "agreement_rel_to_max": agree, "detector_score_change": scores, "foreign_cpu_share": foreign, "rows": rows,
               "video": {"frames": frames, "size": "320x240", "fps": FPS, "codec": "h264"}}
     md = [f"# I3D extraction speed ({args.threads} threads{', quick' if args.quick else ''})", "",
+          f"ONNX Runtime on {devices['onnxruntime']}, PyTorch eager on {args.torch_device}; the GEMM peak "
+          "is the CPU's.", "",
           f"Full-size InceptionI3d, {flops / 1e9:.1f} GFLOP per clip; fp32 GEMM peak "
           f"{peak / 1e9:.0f} GFLOP/s ({peak_name}, measured in the same rounds). Other processes' CPU "
           f"share during the rounds: {', '.join(f'{f:.0%}' for f in foreign if f is not None) or 'n/a'}.", "",

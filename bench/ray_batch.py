@@ -6,9 +6,9 @@
 Writes <out>/report.json and report.md (default out: bench/results/ray_batch), atomically, and
 prints the markdown.
 
-What runs. The model of bench/serve.py (the published XD-Violence model exported once into
+What runs. The model of bench/serve.py (bnwbench.serve_plan: the published XD-Violence model exported once into
 --cache; --model FILE any exported .onnx). Videos: stand-in random features with the lengths of a
-spread sample of XD-Violence's test videos (the loader of bench/serve.py), written as (T, C, D)
+spread sample of XD-Violence's test videos (bnwbench.serve_plan.lengths_for, as bench/serve.py), written as (T, C, D)
 .npy files into a temporary folder, which every run reads by path.
 
 - in-process Scorer: the runtime's Scorer over the files (FileVideo sources), ONNX Runtime on all
@@ -29,7 +29,6 @@ share of the CPUs that processes outside this benchmark (and its Ray cluster) us
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import statistics
 import subprocess
@@ -45,12 +44,13 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bnwbench.cpu_share import CpuSplit  # noqa: E402
 from bnwbench.measure import Stopwatch, say  # noqa: E402
 from bnwbench.plan import BENCH, REPO  # noqa: E402
 from bnwbench.report import fmt, table  # noqa: E402
+from bnwbench.serve_plan import Workload, lengths_for, prepare_model  # noqa: E402 - bench/serve.py's model, lengths
 from bnwbench.system import git_revision, library_versions, load_average, machine_info, usable_cpus  # noqa: E402
 from bnwbench.workload import spread_sample  # noqa: E402
-from serve import CpuSplit, Workload, lengths_for, prepare_model  # noqa: E402 - bench/serve.py's model, lengths, CPU split
 
 SCHEMA = "bnwvad-bench-ray-batch/1"
 DEFAULT_OUT = BENCH / "results" / "ray_batch"
@@ -62,7 +62,7 @@ PASSES = {"inproc": "in-process Scorer", "cli": "bnwvad-infer (one process)",
 
 
 class CpuSplitWithCommands(CpuSplit):
-    """bench/serve.py's CPU split, counting as the benchmark's own also the processes that end
+    """bnwbench.cpu_share.CpuSplit (bench/serve.py's), counting as the benchmark's own also the processes that end
     within the pass: the command runs (reaped by this script: its children's CPU times) and the
     Ray workers of their jobs (reaped by the raylet: polled while they live, every 0.2 s)."""
 

@@ -174,6 +174,16 @@ class RemoteModel:
         pass
 
 
+class _ServerBudget:
+    """The memory budget line of a --server run: the server's own, as GET /v1/model reports it."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def describe(self) -> str:
+        return f"the server's ({self.text})"
+
+
 class RemoteScorer:
     """The runtime Scorer's `iter_results` over bnwvad-serve: each video's features sent to the
     server (POST /v1/score), one request at a time; the answers as VideoResults. A video the
@@ -184,13 +194,12 @@ class RemoteScorer:
         self.client, self.runner, self.meta = client, model, model.meta
         self.stats = {"calls": 0, "videos": 0}
         self.window = None
-        self.budget = type("ServerBudget", (), {"describe": lambda _self: f"the server's "
-                                                f"({model.info.get('memory_budget')})"})()
+        self.budget = _ServerBudget(model.info.get("memory_budget"))
 
     def iter_results(self, sources, progress=None):
         from bnwvad.features import FeatureFileError
         from bnwvad.runtime.errors import InputError
-        from bnwvad.runtime.scoring import VideoFailure, VideoResult
+        from bnwvad.runtime.sources import VideoFailure, VideoResult
 
         for s in sources:
             try:

@@ -17,8 +17,9 @@ from .io import load_results, save_results
 from .contract import Runner
 from .metadata import ModelMeta, meta_from_props, meta_from_sidecar
 from .runners import BACKENDS, OrtRunner, TensorRTRunner, load_runner
-from .scoring import (ArraySource, CallPlan, Scorer, VideoFailure, VideoResult, default_memory_budget,
-                      estimate_bytes, plan_calls)
+from .planning import CallPlan, estimate_bytes, plan_calls
+from .scoring import Scorer, default_memory_budget
+from .sources import ArraySource, VideoFailure, VideoResult
 from .validate import ShapeLimits, validate_inputs
 
 __all__ = [

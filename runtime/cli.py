@@ -348,7 +348,7 @@ def _open_extraction(extractor, backend, meta, crops, any_crops, video_fps, **kw
     from bnwvad._extras import require
 
     from .extract_cli import extractor_record, open_extractor
-    from .video import CROP_COUNTS
+    from .frames import CROP_COUNTS
 
     require("av", "scoring video files")            # no PyAV: names the extra, exits 2
     want = crops or meta.crops
@@ -463,7 +463,7 @@ def _score_video_file(signals, run: _Outputs, scorer, extraction, name, path, ba
     import numpy as np
 
     from .extract_cli import extract_one
-    from .scoring import ArraySource
+    from .sources import ArraySource
 
     bar.clear()
     ex = extract_one(name, path, extraction["runner"], extraction["crops"], extraction["fps"], quiet=quiet)

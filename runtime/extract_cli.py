@@ -130,7 +130,8 @@ def extract_one(name: str, path: Path, extractor, crops: int, fps: float | None,
     from tqdm import tqdm
 
     from .extractor import ExtractProgress, iter_clip_features
-    from .video import SHORT_SIDE, VideoError, VideoReader
+    from .frames import SHORT_SIDE
+    from .video import VideoError, VideoReader
 
     ex = Extraction(name, Path(path))
     t0 = time.perf_counter()
@@ -374,7 +375,7 @@ def _run(signals, *, inputs, extractor, out, crops, fps, stacked, overwrite, bac
          device_id, batch, root, quiet) -> int:
     from .inputs import collect_video_files
     from .io import RunFolderError, remove_created, remove_listed
-    from .video import crop_names
+    from .frames import crop_names
 
     t0 = time.perf_counter()
     created = prepare_out(out)

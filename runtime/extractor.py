@@ -34,8 +34,8 @@ from .contract import FRAMES_PER_SNIPPET, Closing, asked_for
 from .errors import InputError, ModelLoadError
 from .metadata import decode_value, onnx_metadata_props
 from .runners import OrtRunner
-from .video import (CROP_COUNTS, CROP_SIZE, SHORT_SIDE, Snippet, VideoError, VideoReader, iter_frame_snippets,
-                    snippet_clips)
+from .frames import CROP_COUNTS, CROP_SIZE, SHORT_SIDE, iter_frame_snippets, snippet_clips
+from .video import Snippet, VideoError, VideoReader
 
 # -- the extractor graph's contract (export/i3d.py writes it, ExtractorRunner reads it) --------
 EXTRACTOR_FORMAT = "bnwvad-i3d-onnx"

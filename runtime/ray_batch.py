@@ -128,7 +128,7 @@ def write_part(out: Path, r, sources: list[dict], key: dict) -> None:
 def read_part(out: Path, desc: dict, key: dict):
     """The VideoResult of a video whose record is valid for this run (model, settings, unchanged
     sources, files present and consistent), else None: such a video is scored (again)."""
-    from .scoring import VideoResult
+    from .sources import VideoResult
 
     name = desc["name"]
     npy, npz, rec = (out / f for f in part_files(name))

@@ -141,7 +141,7 @@ def resolve_backend(path: Path, backend: str, available: list[str] | None = None
 # -- ONNX Runtime's CPU arena and the memory budget ---------------------------------------------
 # Measured on the exported published model (D = 1024, E = 512), ONNX Runtime 1.32 CPU, 2 threads,
 # one call in a fresh process: peak RSS (VmHWM) over the RSS after loading the model (98 MiB),
-# MiB, and its ratio to estimate_bytes (bnwvad.runtime.scoring):
+# MiB, and its ratio to estimate_bytes (bnwvad.runtime.planning):
 #
 #     C x T       estimate   arena on       arena off
 #     1 x 3000       432      473 (1.09)     409 (0.95)
@@ -365,7 +365,7 @@ class OrtRunner(BaseRunner):
         if self.can_drop_arena and not getattr(self._local, "arena", True):
             session = self._plain_session()
         elif self.can_drop_arena:
-            from .scoring import estimate_bytes
+            from .planning import estimate_bytes
 
             n, c, t, _ = features.shape
             if estimate_bytes(n * c, t, self.meta) > SHRINK_ABOVE:

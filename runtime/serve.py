@@ -58,7 +58,7 @@ from typing import Any, Callable, Mapping
 
 from .contract import OUTPUTS
 from .errors import InputError
-from .scoring import ValidatedSource
+from .sources import ValidatedSource
 # The service's pieces, importable from here as before: configuration, request decoding and
 # HTTP plumbing, batching and the compute thread, the streaming deployment.
 from .serve_compute import AGING_S, MIN_BUCKET, ComputeQueue, bucket_batch_size, bucket_of
@@ -244,7 +244,7 @@ class ScoringService:
 
     def _score_batch(self, bucket: int, items: list) -> list:
         """On the compute thread: score the items together -> a result or an exception each."""
-        from .scoring import VideoFailure
+        from .sources import VideoFailure
 
         b = self.counters["buckets"].setdefault(bucket, {"batches": 0, "videos": 0, "max_batch": 0})
         b["batches"] += 1

@@ -56,7 +56,9 @@ import numpy as np
 
 from .contract import OUTPUTS, Runner
 from .errors import InputError, MemoryBudgetError, human_bytes
-from .scoring import Scorer, ValidatedSource, VideoFailure, VideoResult, default_memory_budget, estimate_bytes
+from .planning import estimate_bytes
+from .scoring import Scorer, default_memory_budget
+from .sources import ValidatedSource, VideoFailure, VideoResult
 
 RESULT_DTYPE = np.dtype([("snippet", np.int64), ("score", np.float32), ("dfm", np.float32),
                          ("anomaly", np.float32), ("latency_ms", np.float64)])

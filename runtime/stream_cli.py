@@ -16,7 +16,8 @@ extractor call, --crops default the model's) and scored at once, so results come
 arrive. Each snippet is scored on a bounded window of its past (--window W) and of its
 future (--lookahead L), S snippets per runner call (--step S): bnwvad.runtime.stream.
 Memory stays bounded by the window, whatever the stream's length. Sources:
-bnwvad.runtime.stream_sources.
+bnwvad.runtime.stream_sources; the lines written: stream_output; signals, video set-up and
+calibration: stream_setup.
 
 Output (stdout, or appended to --output FILE; one JSON object per line, flushed per line):
   {"stream": {"model": ..., "weights_digest": ..., "window": W, ...}}   first line of every run
@@ -52,31 +53,21 @@ every result that was final is written, an open event is closed, the rest is not
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import math
-import os
-import select
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .cli import (EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, _budget, _error, _fail,
                   _load_runner_once)
 from .errors import InputError, RuntimeFailure, human_bytes
 from .options import (backend_options, crops_options, memory_budget_option, model_option,
                       threshold_options)
+from .stream_output import (_append_refusal, _event_line, _header, _Lines, _OutputClosed, _silence_stdout,
+                            _snippet_line)
+from .stream_setup import _calibrate, _open_video, _Stop, _video_source, _video_text
 from .stream_sources import DirectorySource, StdinSource, VideoSource
-
-STREAM_FORMAT = "bnwvad-stream"
-STREAM_FORMAT_VERSION = 1
-# How long opening a stream URL may take without --idle-timeout (connect, handshake, probing).
-URL_OPEN_TIMEOUT_S = 60.0
 
 _HELP_EPILOG = """SOURCE: '-' for stdin (.npy arrays back to back, e.g. `extractor | bnwvad-stream -`), a
 directory that snippet files arrive in (name order; each a .npy of (k, C, D) or (k, D)), or,
@@ -91,155 +82,6 @@ Exit status:
   2    nothing could run: usage, model or backend, extractor, video that cannot be opened,
        output file, calibration, window too large
   130  interrupted (Ctrl-C, SIGTERM): every final result written, an open event closed"""
-
-
-class _Stop:
-    """SIGINT / SIGTERM set a flag (and wake a select() through a pipe); the loop checks it."""
-
-    SIGNALS = ("SIGINT", "SIGTERM")
-
-    def __init__(self):
-        self.signal: str | None = None
-        self._previous: dict = {}
-        self._wakeup_prev = None
-        self.rfd: int | None = None
-        self._wfd: int | None = None
-
-    def _handler(self, signum, frame):
-        if self.signal is None:
-            self.signal = signal.Signals(signum).name
-
-    def __bool__(self) -> bool:
-        return self.signal is not None
-
-    def __enter__(self) -> "_Stop":
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for name in self.SIGNALS:
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                self._previous[sig] = signal.signal(sig, self._handler)
-        try:
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            os.set_blocking(w, False)
-            self._wakeup_prev = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-            self.rfd, self._wfd = r, w
-        except (OSError, ValueError):        # pragma: no cover - no wakeup fd here: polls still check
-            pass
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._wfd is not None:
-            signal.set_wakeup_fd(self._wakeup_prev if self._wakeup_prev is not None else -1)
-            os.close(self._wfd)
-            os.close(self.rfd)
-            self.rfd = self._wfd = None
-        for sig, prev in self._previous.items():
-            signal.signal(sig, prev)
-        self._previous.clear()
-
-    def wait(self, fds: list[int], timeout: float) -> list[int]:
-        """select() on `fds` and the wakeup pipe for up to `timeout` s: the fds that are ready."""
-        if self:
-            return []
-        watch = list(fds) + ([self.rfd] if self.rfd is not None else [])
-        if not watch:
-            time.sleep(min(timeout, 0.05))
-            return []
-        try:
-            ready, _, _ = select.select(watch, [], [], max(0.0, timeout))
-        except InterruptedError:            # pragma: no cover - PEP 475 retries; belt and braces
-            return []
-        if self.rfd is not None and self.rfd in ready:
-            try:
-                while os.read(self.rfd, 512):
-                    pass
-            except (BlockingIOError, OSError):
-                pass
-        return [fd for fd in ready if fd != self.rfd]
-
-
-
-# -- output ---------------------------------------------------------------------------------------
-class _OutputClosed(Exception):
-    pass
-
-
-class _Lines:
-    """JSON lines to stdout or appended to a file, flushed one by one."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-        self.created = False
-        if path is None:
-            self.f = sys.stdout
-        else:
-            self.created = not path.exists()
-            self.f = open(path, "a", encoding="utf-8")
-        self.lines = 0
-
-    def write(self, obj: dict) -> None:
-        try:
-            self.f.write(json.dumps(obj, separators=(", ", ": ")) + "\n")
-            self.f.flush()
-        except (BrokenPipeError, ValueError, OSError) as e:
-            raise _OutputClosed(str(e) or type(e).__name__) from None
-        self.lines += 1
-
-    def close(self) -> None:
-        if self.path is not None:
-            self.f.close()
-
-    def remove_if_unused(self) -> None:
-        """Before the stream started: take back a file this run created and left empty."""
-        self.close()
-        if self.path is not None and self.created and self.lines == 0:
-            try:
-                if self.path.stat().st_size == 0:
-                    self.path.unlink()
-            except OSError:
-                pass
-
-
-def _last_header(path: Path) -> dict | None:
-    """The header object of the last run appended to `path`, None when it holds none."""
-    last = None
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if line.startswith(b'{"stream"'):
-                    try:
-                        doc = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(doc, dict) and isinstance(doc.get("stream"), dict):
-                        last = doc["stream"]
-    except OSError:
-        return None
-    return last
-
-
-def _f32(x) -> float:
-    """A float32 as the shortest decimal that reads back to it."""
-    return float(str(np.float32(x)))
-
-
-def _snippet_line(r) -> dict:
-    return {"snippet": int(r["snippet"]), "score": _f32(r["score"]), "dfm": _f32(r["dfm"]),
-            "anomaly": _f32(r["anomaly"]), "latency_ms": round(float(r["latency_ms"]), 3)}
-
-
-def _event_line(u) -> dict:
-    line = {"event": u.kind, "snippet": int(u.snippet), "frame": int(u.frame),
-            "seconds": None if u.seconds is None else round(float(u.seconds), 3),
-            "start_snippet": int(u.start_snippet), "peak": _f32(u.peak), "peak_snippet": int(u.peak_snippet),
-            "at": int(u.at)}
-    if u.kind == "end" and u.event is not None:
-        line["snippets"] = int(u.event.snippets)
-        line["start_s"] = None if u.event.start_s is None else round(float(u.event.start_s), 3)
-        line["end_s"] = None if u.event.end_s is None else round(float(u.event.end_s), 3)
-    return line
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -338,35 +180,6 @@ def main(ctx, source, model, window, lookahead, step, output, append_other_model
     ctx.exit(code)
 
 
-def _video_source(source: str, extractor, video_fps, video_options) -> bool:
-    """Whether SOURCE is video (a file by extension, or a stream URL); usage errors (exit 2)
-    for a video without --extractor and for the video options with a features source."""
-    from .inputs import VIDEO_EXTENSIONS, is_video_path
-    from .video import is_stream_url
-
-    url = is_stream_url(source)
-    video = url or (source != "-" and is_video_path(source) and not Path(source).is_dir())
-    if video and extractor is None:
-        what = "a stream URL" if url else "a video file"
-        raise click.UsageError(
-            f"SOURCE {source} is {what}; streaming video needs the I3D feature extractor: add --extractor "
-            f"i3d.onnx (written by `bnwvad-export i3d WEIGHTS -o i3d.onnx`). Feature sources are '-' (stdin) "
-            f"or a directory of .npy snippet files")
-    if not video:
-        given = [name for name, v in (("--extractor", extractor), ("--video-fps", video_fps),
-                                      ("--video-option", video_options)) if v]
-        if given:
-            raise click.UsageError(
-                f"{', '.join(given)} given, but SOURCE {source} is a features source ('-' or a directory of .npy "
-                f"snippets); {given[0]} applies to a video SOURCE: a file ending in {' '.join(VIDEO_EXTENSIONS)} "
-                f"or a stream URL (rtsp:// rtmp:// http(s):// udp:// tcp:// srt:// file:)")
-    elif not url and not Path(source).is_file():
-        what = "does not exist" if not Path(source).exists() else "is not a regular file"
-        raise click.BadParameter(f"{source} {what}; expected a video file, or a stream URL such as "
-                                 f"rtsp://host/path", param_hint="SOURCE")
-    return bool(video)
-
-
 def _info(quiet: bool, msg: str) -> None:
     if not quiet:
         click.echo(msg, err=True)
@@ -395,16 +208,9 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
         meta = runner.meta
         identity = model_identity(meta, model)
         if output is not None and not append_other_model and output.stat().st_size:
-            prev = _last_header(output)
-            if prev is None:
-                _error(f"--output {output}: not empty and holds no bnwvad-stream header line, so the lines of "
-                       f"this run would mix with lines of unknown origin. Fix: a new --output, or "
-                       f"--append-other-model to append anyway")
-                return EXIT_NOTHING_RAN
-            if (prev.get("weights_digest"), prev.get("precision")) != (identity.digest, identity.precision):
-                _error(f"--output {output}: its last run was written by another model (weights "
-                       f"{prev.get('weights_digest')}, {prev.get('precision')}, model {prev.get('model')}); this "
-                       f"model is {identity.describe()}. Fix: a new --output, or --append-other-model")
+            refusal = _append_refusal(output, identity)
+            if refusal is not None:
+                _error(refusal)
                 return EXIT_NOTHING_RAN
         want = None if any_crops else (crops or "model")      # "model": the metadata's count, if any
         try:
@@ -457,19 +263,10 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
                      f"source {src_text}; memory budget {human_bytes(group.memory_budget)}")
         for m in failed_cal:
             _fail(f"(calibration) {m}")
-        header = {"stream": {
-            "format": STREAM_FORMAT, "format_version": STREAM_FORMAT_VERSION,
-            "model": str(model), "weights_digest": identity.digest, "digest_of": identity.digest_of,
-            "precision": identity.precision, "preset": meta.preset, "backend": runner.backend,
-            "window": window, "lookahead": lookahead, "step": step, "delay_snippets": delay,
-            "crops": group.crops, "frames_per_snippet": meta.frames_per_snippet, "fps": fps,
-            "threshold": threshold,
-            "threshold_source": None if threshold is None else ("calibrated" if calibration else "given"),
-            "calibration": calibration.to_dict() if calibration else None,
-            "min_event_snippets": min_event_snippets, "max_gap": max_gap,
-            "source": "-" if source == "-" else str(source),
-            **(_video_records(reader, extraction, video) if reader is not None else {}),
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}}
+        header = _header(model=model, identity=identity, runner=runner, group=group, window=window,
+                         lookahead=lookahead, step=step, fps=fps, threshold=threshold, calibration=calibration,
+                         min_event_snippets=min_event_snippets, max_gap=max_gap, source=source, reader=reader,
+                         extraction=extraction, video=video)
         try:
             lines.write(header)
         except _OutputClosed as e:
@@ -495,78 +292,6 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
             extraction["runner"].close()
         if runner is not None:
             runner.close()
-
-
-def _open_video(source: str, video: dict, idle_timeout):
-    """The VideoReader of a video SOURCE (opened: fails at once when it cannot be), or None after
-    printing the error (the caller exits 2)."""
-    from .video import SHORT_SIDE, VideoError, VideoReader, is_stream_url
-
-    timeout = None
-    if is_stream_url(source):
-        # PyAV's interrupt callback, the one way out of a blocked network open or read (a signal
-        # is only seen once FFmpeg returns): the open waits at most --idle-timeout (else
-        # URL_OPEN_TIMEOUT_S); a read a second more than --idle-timeout (else forever), so the
-        # loop's own idle check (no frame for that long: exit 0) comes first and the thread's
-        # timeout only frees a read that would otherwise never return.
-        timeout = ((idle_timeout or URL_OPEN_TIMEOUT_S), None if idle_timeout is None else idle_timeout + 1.0)
-    try:
-        return VideoReader(source, fps=video["fps"], short_side=SHORT_SIDE, options=video["options"],
-                           timeout=timeout)
-    except VideoError as e:
-        _error(str(e))
-        return None
-
-
-def _video_text(source, reader, extraction) -> str:
-    info = reader.info
-    rate = f"{info.fps:g} fps" if info.fps else "frame rate unknown"
-    if reader.fps is not None:
-        rate += f", resampled to {reader.fps:g} fps"
-    ex = extraction["runner"]
-    return (f"video {source} ({info.width}x{info.height} {info.codec}, {rate}) through extractor {ex.path} "
-            f"({extraction['crops']} crop(s) per snippet, {ex.describe()})")
-
-
-def _video_records(reader, extraction, video) -> dict:
-    """The header's "extractor" (path, weights digest, precision, ...) and "video" records."""
-    info = reader.info
-    return {"extractor": extraction["record"],
-            "video": {"source": reader.source, "url": reader.url, "fps": reader.effective_fps,
-                      "declared_fps": info.fps, "resampled_fps": reader.fps, "width": info.width,
-                      "height": info.height, "codec": info.codec, "declared_frames": info.frames,
-                      "options": video["options"]}}
-
-
-def _calibrate(stop, runner, group, paths, *, root, crops, rate):
-    """(Calibration or None, failure messages): the normal videos scored with score_windowed and
-    the stream's W / L / S, then calibrate_threshold."""
-    from .events import calibrate_threshold
-    from .inputs import collect_videos
-    from .stream import score_windowed
-
-    meta = runner.meta
-    try:
-        videos, bad = collect_videos(paths, root=root, feature_dim=meta.feature_dim,
-                                     crops_hint=(crops if isinstance(crops, int) else None) or meta.crops)
-    except ValueError as e:
-        return None, [str(e)]
-    failures = [f.message for f in bad]
-    scores = []
-    for v in videos:
-        if stop:
-            break
-        try:
-            feats = v.load()
-            r = score_windowed(runner, feats, group.window, group.lookahead, group.step, crops=crops,
-                               name=v.name, memory_budget=group.memory_budget)
-        except (RuntimeFailure, ValueError) as e:
-            failures.append(str(e) if v.name in str(e) else f"{v.name}: {e}")
-            continue
-        scores.append(r["anomaly"])
-    if not scores:
-        return None, failures
-    return calibrate_threshold(scores, rate), failures
 
 
 def _stream(stop, src, group, lines, *, threshold, meta, fps, min_event_snippets, max_gap, poll, idle_timeout,
@@ -676,16 +401,6 @@ def _stream(stop, src, group, lines, *, threshold, meta, fps, min_event_snippets
                  + (f", {event_count} event(s)" if events is not None else "")
                  + (f"; {bad} snippet file(s)/array(s) skipped (named above)" if bad else ""))
     return EXIT_SOME_FAILED if bad or ended in ("unreadable", "broken") else EXIT_OK
-
-
-def _silence_stdout() -> None:
-    """After a broken pipe, let the interpreter's final flush of stdout go nowhere."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":   # pragma: no cover

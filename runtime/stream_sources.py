@@ -6,7 +6,7 @@ Each source's poll(stop, wait) returns a list of items:
   ("data", None, count)   activity: bytes read / frames decoded (for --idle-timeout)
   ("end", None, reason)   reason: "eof" | "unreadable" | "broken"
 and waits up to `wait` seconds (waking up on a signal: `stop.wait`) when it has nothing. `stop`
-is stream_cli's signal flag: truthy once SIGINT / SIGTERM arrived.
+is stream_setup._Stop, the command's signal flag: truthy once SIGINT / SIGTERM arrived.
 
 stdin and directory sources frame .npy arrays themselves (no pickle is ever loaded); the video
 source runs bnwvad.runtime.video.VideoReader (decode thread, bounded queue) and an I3D extractor
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RuntimeFailure, human_bytes
-from .video import VideoError, snippet_clips
+from .frames import snippet_clips
+from .video import VideoError
 
 NPY_MAGIC = b"\x93NUMPY"
 # A snippet array larger than this is refused without being read (snippets arrive a few at a

@@ -21,6 +21,13 @@ bench/stream.py's phases, in the same way:
     stream_cost     d. cost growth, a fresh process per point
     stream_report   report.md, the plots, report.json
 
+bench/serve.py's (bench/ray_batch.py uses its workload, model and CPU split):
+
+    serve_plan      its constants, the workload (XD-Violence test lengths) and the model
+    cpu_share       CpuSplit: CPU seconds of this process, its Ray cluster by role, other tenants
+    serve_load      the in-process passes, the client threads against the service, its deployment
+    serve_report    the means over the rounds, the goal, report.md
+
 Nothing here imports torch at module level: the memory helper process of an ONNX Runtime
 backend must never load it.
 """

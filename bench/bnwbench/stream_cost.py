@@ -60,7 +60,7 @@ def slope(points: list[tuple[float, float]]) -> float | None:
 
 def phase_cost(plan: StreamPlan, models: dict, threads: int, work: Path, clock, timeout: float) -> dict:
     from bnwvad.runtime import load_runner
-    from bnwvad.runtime.scoring import estimate_bytes
+    from bnwvad.runtime.planning import estimate_bytes
 
     with load_runner(models["xd"]["path"], "ort-cpu", threads=1) as r:
         meta = r.meta

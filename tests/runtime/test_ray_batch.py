@@ -27,7 +27,7 @@ import pytest
 from bnwvad.runtime.io import ModelIdentity, load_results
 from bnwvad.runtime.ray_batch import (PARTS, batch_size_for, describe, parse_address, read_part, run_key,
                                       source_identity, write_part)
-from bnwvad.runtime.scoring import VideoResult
+from bnwvad.runtime.sources import VideoResult
 
 from _toy_onnx import TOY_CROPS, TOY_D
 

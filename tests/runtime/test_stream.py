@@ -9,7 +9,7 @@ import pytest
 from _toy_onnx import TOY_CROPS, TOY_D, toy_reference
 from bnwvad.runtime import InputError, MemoryBudgetError, Scorer, load_runner
 from bnwvad.runtime.contract import OUTPUTS, error
-from bnwvad.runtime.scoring import estimate_bytes
+from bnwvad.runtime.planning import estimate_bytes
 from bnwvad.runtime.stream import (RESULT_DTYPE, StreamGroup, StreamScorer, largest_window,
                                    score_windowed, window_span)
 

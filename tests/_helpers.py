@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,44 @@ def devices() -> list:
     if cuda:
         out.append(pytest.param("cuda", marks=pytest.mark.gpu))
     return out
+
+
+# Python source that makes `import torch` fail in this interpreter as if torch were not installed
+# (sys.modules stays clean, so libraries that merely look for an imported torch are not
+# confused), and checks that it does. Prepend it to a `python -c` script.
+NO_TORCH = """
+import importlib, importlib.abc, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    raise SystemExit("the torch blocker failed")
+"""
+
+# Runs `main(argv)` of the module named by argv[1] with the rest of argv, then fails if torch
+# was imported, and says "NO-TORCH-OK <exit code>" on stderr (stdout stays the command's).
+_NO_TORCH_MAIN = NO_TORCH + """
+main = importlib.import_module(sys.argv[1]).main
+try:
+    main(sys.argv[2:])
+    code = 0
+except SystemExit as e:
+    code = e.code
+leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+assert not leaked, leaked
+print("NO-TORCH-OK", code, file=sys.stderr)
+raise SystemExit(code)
+"""
+
+
+def run_without_torch(module: str, *args, **kwargs) -> subprocess.CompletedProcess:
+    """`module`'s click command run in a fresh interpreter where torch cannot be imported
+    (capture_output=True; other keywords go to subprocess.run)."""
+    return subprocess.run([sys.executable, "-c", _NO_TORCH_MAIN, module, *map(str, args)], capture_output=True,
+                          **kwargs)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from _helpers import NO_TORCH
 from bnwvad import ModelConfig, build_model, save_checkpoint
 from bnwvad.annotations import read_annotations
 from bnwvad.cli.eval import main
@@ -54,21 +55,9 @@ def tree(tmp_path_factory):
     return base
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys
-class _NoTorch(importlib.abc.MetaPathFinder):
-    # As if torch were not installed: its import fails (sys.modules stays clean, so
-    # libraries that merely look for an imported torch are not confused).
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _NoTorch())
-"""
-
-
 def cli(args, cwd, block_torch=False):
     """Run bnwvad-eval in a fresh interpreter; block_torch makes any `import torch` fail."""
-    code = ((BLOCK_TORCH if block_torch else "import sys\n")
+    code = ((NO_TORCH if block_torch else "import sys\n")
             + "from bnwvad.cli.eval import main\nmain(sys.argv[1:], prog_name='bnwvad-eval')\n")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=120)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from _helpers import run_without_torch
 from _toy_onnx import TOY_CROPS, TOY_D, toy_reference
 from bnwvad.runtime import load_results
 from bnwvad.runtime.cli import main
@@ -378,39 +379,12 @@ def test_bnwvad_infer_reproduces_the_published_outputs(xd_onnx, reference_dir, t
         assert np.abs(res[k] - w).max() <= 1e-4 * np.abs(w).max()
 
 
-BLOCK_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _NoTorch())
-try:
-    import torch
-except ImportError:
-    pass
-else:
-    raise SystemExit("the blocker failed")
-import bnwvad.runtime
-from bnwvad.runtime.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
-assert not leaked, leaked
-print("NO-TORCH-OK", code)
-raise SystemExit(code)
-"""
-
-
 def test_runtime_and_cli_work_with_torch_unimportable(toy_onnx, tmp_path):
     write_crops(tmp_path / "in", "v", feats(12))
     np.save(tmp_path / "in" / "w__0.npy", np.ones((3, 5), np.float32))     # a bad file on the way
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(tmp_path / "in"), "--model", str(toy_onnx),
-                           "--out", str(tmp_path / "out"), "--threshold", "0.1", "--plot", "--any-crops"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert "NO-TORCH-OK 1" in proc.stdout, proc.stdout + proc.stderr
+    proc = run_without_torch("bnwvad.runtime.cli", tmp_path / "in", "--model", toy_onnx, "--out", tmp_path / "out",
+                             "--threshold", "0.1", "--plot", "--any-crops", text=True, timeout=120, cwd=tmp_path)
+    assert "NO-TORCH-OK 1" in proc.stderr, proc.stdout + proc.stderr
     assert (tmp_path / "out" / "v.npy").is_file() and (tmp_path / "out" / "plots" / "v.png").is_file()
     assert "w__0.npy: feature dimension D = 5" in proc.stderr
 

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 av = pytest.importorskip("av")
 
+from _helpers import run_without_torch  # noqa: E402
 from _toy_onnx import build_toy_onnx, toy_metadata  # noqa: E402
 from bnwvad.runtime.extract_cli import main as extract_main  # noqa: E402
 from bnwvad.runtime.cli import main as infer_main  # noqa: E402
@@ -305,38 +306,15 @@ def test_infer_refuses_an_extractor_of_another_feature_dim(tmp_path, i3d_onnx, v
 
 
 # -- no torch ------------------------------------------------------------------------------------
-BLOCK_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _NoTorch())
-import importlib
-main = importlib.import_module(sys.argv[1]).main
-try:
-    main(sys.argv[2:])
-except SystemExit as e:
-    code = e.code
-leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
-assert not leaked, leaked
-print("NO-TORCH-OK", code)
-raise SystemExit(code)
-"""
-
-
 def test_extract_and_infer_on_videos_never_import_torch(tmp_path, i3d_onnx, detector, videos):
     out = tmp_path / "feats"
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "bnwvad.runtime.extract_cli", str(videos["g"]),
-                           "--extractor", str(i3d_onnx), "--crops", "1", "--out", str(out), "-q"],
-                          capture_output=True, text=True, timeout=300)
-    assert "NO-TORCH-OK 0" in proc.stdout, proc.stdout + proc.stderr
+    proc = run_without_torch("bnwvad.runtime.extract_cli", videos["g"], "--extractor", i3d_onnx, "--crops", "1",
+                             "--out", out, "-q", text=True, timeout=300)
+    assert "NO-TORCH-OK 0" in proc.stderr, proc.stdout + proc.stderr
     assert (out / "g__0.npy").is_file()
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "bnwvad.runtime.cli", str(videos["g"]),
-                           "--extractor", str(i3d_onnx), "--model", str(detector[0]),
-                           "--out", str(tmp_path / "scores"), "-q"],
-                          capture_output=True, text=True, timeout=300)
-    assert "NO-TORCH-OK 0" in proc.stdout, proc.stdout + proc.stderr
+    proc = run_without_torch("bnwvad.runtime.cli", videos["g"], "--extractor", i3d_onnx, "--model", detector[0],
+                             "--out", tmp_path / "scores", "-q", text=True, timeout=300)
+    assert "NO-TORCH-OK 0" in proc.stderr, proc.stdout + proc.stderr
     assert np.load(tmp_path / "scores" / "g.npy").shape == (2,)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import run_without_torch
 from _toy_onnx import TOY_CROPS, TOY_D, build_toy_onnx, toy_metadata
 from bnwvad.runtime import calibrate_threshold, load_runner
 from bnwvad.runtime.online_events import find_events_merged
@@ -371,32 +372,13 @@ def test_output_file_appends_runs_and_refuses_another_model(toy_onnx, tmp_path):
 
 
 # -- torch-free ----------------------------------------------------------------------------------
-BLOCK_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _NoTorch())
-from bnwvad.runtime.stream_cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    code = e.code
-leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
-assert not leaked, leaked
-print("NO-TORCH-OK", code, file=sys.stderr)
-raise SystemExit(code)
-"""
-
-
 def test_the_stream_command_never_imports_torch(toy_onnx, tmp_path):
     normal = tmp_path / "normal"
     normal.mkdir()
     np.save(normal / "n.npy", chunks([12], seed=13)[0])
     arrays = chunks([4, 4], seed=14)
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "-", "-w", "3", "-l", "1", "--calibrate", str(normal),
-                           "--model", str(toy_onnx)], input=b"".join(npy_bytes(a) for a in arrays),
-                          capture_output=True, timeout=TIMEOUT, cwd=tmp_path)
+    proc = run_without_torch("bnwvad.runtime.stream_cli", "-", "-w", "3", "-l", "1", "--calibrate", normal,
+                             "--model", toy_onnx, input=b"".join(npy_bytes(a) for a in arrays), timeout=TIMEOUT,
+                             cwd=tmp_path)
     assert "NO-TORCH-OK 0" in proc.stderr.decode(), proc.stderr.decode()
     assert len(parse(proc.stdout.decode())[1]) == 8

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _helpers import NO_TORCH
 from bnwvad.runtime.errors import InputError, ModelLoadError, RuntimeFailure
 from bnwvad.runtime.video import (NearestResampler, VideoDecodeError, VideoDependencyError, VideoError,
                                   VideoOpenError, VideoReader, VideoTooShortError, as_rgb, crop_boxes,
@@ -590,13 +591,7 @@ def test_extract_video_errors_after_earlier_snippets(tmp_path, videos):
     assert len(got) == 1
 
 
-BLOCK_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, _NoTorch())
+EXTRACT_WITHOUT_TORCH = NO_TORCH + """
 from bnwvad.runtime.extractor import ExtractorRunner, extract_video
 from bnwvad.runtime.video import VideoReader
 import numpy as np
@@ -611,7 +606,7 @@ print("NO-TORCH-OK", feats.shape)
 
 def test_extraction_works_with_torch_unimportable(toy_extractor, videos, tmp_path):
     out = tmp_path / "f.npy"
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(toy_extractor), str(videos["mp4"]), str(out)],
+    proc = subprocess.run([sys.executable, "-c", EXTRACT_WITHOUT_TORCH, str(toy_extractor), str(videos["mp4"]), str(out)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "NO-TORCH-OK (2, 5, 8)" in proc.stdout, proc.stdout + proc.stderr
     ref = extract_frames_from_file(videos["mp4"], 5)

@@ -1,6 +1,7 @@
 """Helpers shared by the tests (importable because setup.cfg puts tests/ on pythonpath)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,6 @@ def gpu_available() -> bool:
     if torch is not None and torch.cuda.is_available():
         return True
     import shutil
-    import subprocess
 
     smi = shutil.which("nvidia-smi")
     if smi is None:
@@ -86,3 +86,14 @@ def run_without_torch(module: str, *args, **kwargs) -> subprocess.CompletedProce
     (capture_output=True; other keywords go to subprocess.run)."""
     return subprocess.run([sys.executable, "-c", _NO_TORCH_MAIN, module, *map(str, args)], capture_output=True,
                           **kwargs)
+
+
+def run_bench_quick(script: Path, folder: Path, *args, timeout: int = 1200):
+    """`python bench/<script> --quick --out <folder>/results ARGS` in `folder`; fails the test
+    unless it exits 0. Returns (the finished process, the results folder, report.json loaded)."""
+    out = folder / "results"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=str(folder),
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, out, json.loads((out / "report.json").read_text())

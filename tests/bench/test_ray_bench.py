@@ -5,14 +5,11 @@ command runs: about a minute."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from _helpers import run_bench_quick
 from _toy_onnx import build_toy_onnx
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,12 +22,7 @@ pytestmark = [pytest.mark.slow,
 
 def test_quick_report(tmp_path):
     model = build_toy_onnx(tmp_path / "toy.onnx")
-    out = tmp_path / "results"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--model", str(model), "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rep = json.loads((out / "report.json").read_text())
+    proc, out, rep = run_bench_quick(SCRIPT, tmp_path, "--model", model, timeout=600)
     md = (out / "report.md").read_text()
     assert proc.stdout.strip() == md.strip()
     assert rep["schema"] == "bnwvad-bench-ray-batch/1" and rep["mode"] == "quick"

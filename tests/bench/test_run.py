@@ -9,16 +9,13 @@ cache go to a temporary folder.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from _helpers import run_bench_quick
 from bnwvad.runtime.contract import OUTPUTS, TOLERANCES, metric_tolerance_for, tolerance_for
 from bnwbench.backends import SPECS
 
@@ -36,13 +33,7 @@ def positive(x) -> bool:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
-    out = tmp / "results"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--demo-root",
-                           str(tmp / "demo_data")], capture_output=True, text=True, timeout=900, cwd=str(tmp),
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    return proc, out, report
+    return run_bench_quick(SCRIPT, tmp, "--demo-root", tmp / "demo_data", timeout=900)
 
 
 @pytest.fixture(scope="module")

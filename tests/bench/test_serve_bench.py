@@ -7,13 +7,11 @@ export, a local Ray cluster and the passes: a minute or two."""
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from _helpers import run_bench_quick
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "serve.py"
@@ -28,12 +26,7 @@ pytestmark = [pytest.mark.slow,
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve_bench")
-    out = tmp / "results"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--cache", str(tmp / "cache")],
-                          capture_output=True, text=True, timeout=1200, cwd=str(tmp),
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, out, json.loads((out / "report.json").read_text())
+    return run_bench_quick(SCRIPT, tmp, "--cache", tmp / "cache")
 
 
 def test_files_and_markdown(quick):

@@ -5,14 +5,12 @@ time linear in T within a generous band, files written. The demo set, the model 
 outputs go to a temporary folder (a 20-step demo model: AUC is only checked to be a fraction)."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from _helpers import run_bench_quick
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bench" / "stream.py"
@@ -31,13 +29,8 @@ def correlation(x) -> bool:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, reference_dir):
     tmp = tmp_path_factory.mktemp("stream_bench")
-    out = tmp / "results"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--cache", str(tmp / "cache"),
-                           "--demo-root", str(tmp / "demo_data"), "--demo-steps", "20"],
-                          capture_output=True, text=True, timeout=1200, cwd=str(tmp),
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc, out, json.loads((out / "report.json").read_text())
+    return run_bench_quick(SCRIPT, tmp, "--cache", tmp / "cache", "--demo-root", tmp / "demo_data",
+                           "--demo-steps", "20")
 
 
 def test_files_and_markdown(quick):

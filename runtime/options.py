@@ -15,7 +15,6 @@ something of its own (bnwvad-serve's --threads are per replica), the group takes
 """
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -55,33 +54,17 @@ def parse_budget(ctx, param, value):
         raise click.BadParameter(str(e)) from None
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-
-
 def load_warning_once(load: Callable, *args, **kw):
-    """load(*args, **kw) (a runner or an extractor), with each of its warnings printed once: the
-    runtime both warns and logs a backend fallback, and ONNX Runtime's own 'Specified provider
-    ...' says it again. Errors of `load` propagate; nothing is printed for them here."""
-    logger = logging.getLogger("bnwvad.runtime")
-    records, propagate = _Records(), logger.propagate
-    logger.addHandler(records)
-    logger.propagate = False
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            runner = load(*args, **kw)
-    finally:
-        logger.removeHandler(records)
-        logger.propagate = propagate
-    for msg in dict.fromkeys([str(w.message) for w in caught] + records.messages):
+    """load(*args, **kw) (a runner or an extractor), each of its warnings printed once with our
+    prefix; ONNX Runtime's own 'Specified provider ... not in available provider names', which
+    repeats a fallback the runtime has just reported with its fix, is dropped. Errors of `load`
+    propagate; nothing is printed for them here."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runner = load(*args, **kw)
+    for msg in dict.fromkeys(str(w.message) for w in caught):
         if runner.fallback and "not in available provider names" in msg:
-            continue          # ONNX Runtime's words for the fallback just reported, with its fix
+            continue
         warn(msg)
     return runner
 

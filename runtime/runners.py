@@ -11,7 +11,6 @@ so `import bnwvad.runtime` needs numpy only.
 """
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import warnings
@@ -27,7 +26,6 @@ from .contract import INPUTS, OUTPUTS, Closing, asked_for
 from .metadata import ModelMeta, meta_from_props, meta_from_sidecar, onnx_metadata_props
 from .validate import ShapeLimits, validate_inputs
 
-log = logging.getLogger("bnwvad.runtime")
 
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -88,10 +86,12 @@ class BaseRunner(Closing):
 
 
 def _report_fallback(message: str, strict: bool) -> str:
+    """A backend other than the one asked for: BackendError with strict, else said once, as a
+    RuntimeWarning (services see it in their logs through Python's warnings; the runner keeps
+    it in `.fallback`)."""
     if strict:
         raise BackendError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
-    log.warning(message)
     return message
 
 

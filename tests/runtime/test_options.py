@@ -1,7 +1,6 @@
 """runtime.options: the option groups, messages and loading helpers the runtime's commands share."""
 from __future__ import annotations
 
-import logging
 import warnings
 
 import click
@@ -76,7 +75,7 @@ def test_load_warning_once_says_each_warning_once(capsys):
     def load(x, *, y):
         assert (x, y) == (1, 2)
         warnings.warn("fell back", RuntimeWarning)
-        logging.getLogger("bnwvad.runtime").warning("fell back")
+        warnings.warn("fell back", RuntimeWarning)
         warnings.warn("Specified provider 'CUDAExecutionProvider' is not in available provider names")
         return Loaded()
 

@@ -47,7 +47,6 @@ import click
 
 from .errors import InputError, RuntimeFailure, human_bytes
 from .options import EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, load_warning_once
-from .options import parse_budget as _budget  # noqa: F401 (bnwvad-stream imports it from here)
 from .options import (MODEL_HELP, backend_options, crops_options, memory_budget_option, model_option,
                       threshold_options, window_options)
 from .outputs import _Outputs, _error, _fail, _report, _video_failed, _warn  # noqa: F401 (also cli's API)
@@ -65,20 +64,14 @@ Exit status:
   130  interrupted (Ctrl-C, SIGTERM): finished videos written, summary.json "interrupted": true"""
 
 
-def _load_runner_once(model, backend, **kw):
-    """load_runner, with each of its warnings printed once (options.load_warning_once)."""
-    from .runners import load_runner
-
-    return load_warning_once(load_runner, model, backend, **kw)
-
-
 def open_model(model, backend, **kw):
     """(runner, ModelIdentity) of an exported model, its load warnings printed once; None after
     printing the one-line error when it cannot be loaded (the caller exits 2)."""
     from .io import model_identity
+    from .runners import load_runner
 
     try:
-        runner = _load_runner_once(model, backend, **kw)
+        runner = load_warning_once(load_runner, model, backend, **kw)
     except RuntimeFailure as e:
         _error(str(e))
         return None

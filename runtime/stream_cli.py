@@ -59,9 +59,9 @@ from pathlib import Path
 
 import click
 
-from .cli import (EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, _budget, _error, _fail,
-                  _load_runner_once)
 from .errors import InputError, RuntimeFailure, human_bytes
+from .options import EXIT_INTERRUPTED, EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, load_warning_once
+from .options import error as _error, fail as _fail
 from .options import (backend_options, crops_options, memory_budget_option, model_option,
                       threshold_options)
 from .stream_output import (_append_refusal, _event_line, _header, _Lines, _OutputClosed, _silence_stdout,
@@ -189,6 +189,7 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
          threads, arena, device_id, sidecar, crops, any_crops, memory_budget, threshold, calibrate, root,
          false_alarm_rate, min_event_snippets, max_gap, fps, poll, idle_timeout, quiet, video=None) -> int:
     from .io import model_identity
+    from .runners import load_runner
     from .stream import StreamGroup
 
     try:
@@ -200,7 +201,7 @@ def _run(stop: _Stop, *, source, model, window, lookahead, step, output, append_
     runner = extraction = reader = None
     try:
         try:
-            runner = _load_runner_once(model, backend, strict=strict, threads=threads, arena=arena,
+            runner = load_warning_once(load_runner, model, backend, strict=strict, threads=threads, arena=arena,
                                        device_id=device_id, sidecar=sidecar)
         except RuntimeFailure as e:
             _error(str(e))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .cli import _error
+from .options import error as _error
 from .errors import RuntimeFailure
 
 # How long opening a stream URL may take without --idle-timeout (connect, handshake, probing).
